@@ -1,0 +1,331 @@
+"""Configuration: one TOML file loaded into frozen dataclasses.
+
+Every key of CONTRACT section 3 is accepted from the first release so configs written today keep
+working. Unknown keys, wrong types and bad values are refused at start with the dotted key name
+and the reason, never silently ignored: a typo in a fleet config must not fall back to a default.
+The schema is the dataclasses themselves (types + a ``check`` in field metadata), so the loader,
+``config.get`` and the docs cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeagent.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 devices only
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = "/etc/edgeagent/config.toml"
+
+Check = Callable[[Any], "str | None"]
+
+
+def _check(fn: Check, **kw: Any) -> Any:
+    return field(metadata={"check": fn}, **kw)
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(map(repr, choices))}"
+
+
+def _min(lo: float, inclusive: bool = True) -> Check:
+    def check(v: Any) -> str | None:
+        ok = v >= lo if inclusive else v > lo
+        return None if ok else f"must be {'>=' if inclusive else '>'} {lo}"
+
+    return check
+
+
+def _range(lo: float, hi: float) -> Check:
+    return lambda v: None if lo <= v <= hi else f"must be between {lo} and {hi}"
+
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_TOPIC_BAD = re.compile(r"[#+\x00]")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    id: str = ""  # empty = hostname
+    groups: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = ""  # empty = MQTT disabled (the daemon runs standalone)
+    port: int = _check(_range(1, 65535), default=1883)
+    protocol: str = _check(_one_of("5", "3.1.1"), default="5")
+    client_id: str = ""  # empty = "edgeagent-{device_id}"
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    username: str = ""
+    password_file: str = ""
+    keepalive: int = _check(_range(5, 3600), default=30)
+    topic_prefix: str = _check(
+        lambda v: "must not contain '#', '+' or NUL" if _TOPIC_BAD.search(v) else None,
+        default="edgeagent/{device_id}",
+    )
+    qos: int = _check(_range(0, 2), default=1)
+    max_queued: int = _check(_min(1), default=1000)
+    reconnect_min_s: float = _check(_min(0.05), default=1.0)
+    reconnect_max_s: float = _check(_min(0.1), default=60.0)
+    max_message_bytes: int = _check(_min(1024), default=1 << 20)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _check(
+        lambda v: None if _MODEL_NAME.match(v) else "must match [A-Za-z0-9._-]{1,64}", default="model"
+    )
+    state_dir: str = "/var/lib/edgeagent"
+    initial: str = ""
+    initial_version: int = _check(_min(1), default=1)
+    backend: str = _check(_one_of("auto", "litert", "tflite"), default="auto")
+    num_threads: int = _check(_range(0, 64), default=0)  # 0 = the runtime's choice
+    delegate: str = ""  # path of an external delegate library, e.g. libedgetpu.so.1
+    input_mean: float = 0.0  # float inputs get (x - mean) / std, like TFLite's examples
+    input_std: float = _check(lambda v: None if v != 0 else "must not be 0", default=255.0)
+
+
+@dataclass(frozen=True)
+class SyntheticInput:
+    pattern: str = _check(_one_of("gradient", "noise"), default="gradient")
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ImagesInput:
+    dir: str = ""
+
+
+@dataclass(frozen=True)
+class CameraInput:
+    device: str = "0"  # index, /dev/videoN, a video file or an rtsp:// URL
+    width: int = _check(_min(0), default=0)
+    height: int = _check(_min(0), default=0)
+    loop: bool = True  # start a video file again at its end
+
+
+@dataclass(frozen=True)
+class SensorInput:
+    mode: str = _check(_one_of("iio", "stream"), default="iio")
+    iio_device: str = "/sys/bus/iio/devices/iio:device0"
+    channels: list[str] = field(default_factory=lambda: ["in_accel_x", "in_accel_y", "in_accel_z"])
+    stream: str = ""  # a CSV file, FIFO or serial device with one sample per line
+    delimiter: str = ","
+    window: int = _check(_min(0), default=0)  # samples per inference; 0 = the model's time axis
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    source: str = _check(_one_of("synthetic", "images", "camera", "sensor"), default="synthetic")
+    rate_hz: float = _check(_range(0, 1000), default=10.0)  # 0 = as fast as possible
+    synthetic: SyntheticInput = field(default_factory=SyntheticInput)
+    images: ImagesInput = field(default_factory=ImagesInput)
+    camera: CameraInput = field(default_factory=CameraInput)
+    sensor: SensorInput = field(default_factory=SensorInput)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    publish: str = _check(_one_of("none", "summary", "full"), default="summary")
+    max_rate_hz: float = _check(_min(0), default=1.0)
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    interval_s: float = _check(_min(0.1), default=5.0)
+    sysfs_root: str = "/"
+    power_profile: str = _check(
+        _one_of("auto", "pi4", "pi5", "jetson-nano", "orin-nano", "generic", "none"), default="auto"
+    )
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    trusted_keys: list[str] = field(default_factory=list)  # PEM files or directories of them
+    threshold: int = _check(_min(1), default=1)
+    probation_s: float = _check(_min(0), default=60.0)
+    min_inferences: int = _check(_min(0), default=20)
+    max_latency_factor: float = _check(_min(1.0), default=2.0)
+    max_payload_bytes: int = _check(_min(1), default=512 * 1024 * 1024)
+    max_trial_attempts: int = _check(_min(1), default=2)
+    health_timeout_s: float = _check(_min(1), default=60.0)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: str = "/run/edgeagent/control.sock"
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = _check(_one_of("debug", "info", "warning", "error"), default="info")
+
+
+@dataclass(frozen=True)
+class Config:
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    path: str = field(default="", metadata={"internal": True})  # the file it came from
+
+    @property
+    def device_id(self) -> str:
+        return self.device.id or socket.gethostname()
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.mqtt.topic_prefix.replace("{device_id}", self.device_id).rstrip("/")
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.model.state_dir)
+
+
+# Keys `config.set` may change while running; everything else needs a restart.
+RUNTIME_TUNABLE = ("input.rate_hz", "telemetry.interval_s")
+
+
+def _type_name(t: Any) -> str:
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(t, str(t))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(message=f"{key}: expected a table, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(message=f"{key}: expected a list of {_type_name(item)}s")
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(message=f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(message=f"{key}: expected an integer, got {value!r}")
+        return value
+    if not isinstance(value, tp):
+        raise ConfigError(message=f"{key}: expected a {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, table: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            raise ConfigError(message=f"{dotted}: unknown key")
+        converted = _convert(value, hints[key], dotted)
+        check = fields[key].metadata.get("check")
+        if check is not None:
+            problem = check(converted)
+            if problem:
+                raise ConfigError(message=f"{dotted}: {problem} (got {value!r})")
+        kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config) -> None:
+    m = cfg.mqtt
+    if (m.tls.cert or m.tls.key) and not (m.tls.cert and m.tls.key):
+        raise ConfigError(message="mqtt.tls: cert and key must be given together")
+    if m.reconnect_max_s < m.reconnect_min_s:
+        raise ConfigError(message="mqtt.reconnect_max_s: must be >= mqtt.reconnect_min_s")
+    if cfg.input.source == "images" and not cfg.input.images.dir:
+        raise ConfigError(message="input.images.dir: required when input.source = \"images\"")
+    if cfg.input.source == "sensor" and cfg.input.sensor.mode == "stream" and not cfg.input.sensor.stream:
+        raise ConfigError(message="input.sensor.stream: required when input.sensor.mode = \"stream\"")
+    for g in cfg.device.groups:
+        if not g or _TOPIC_BAD.search(g) or "/" in g:
+            raise ConfigError(message=f"device.groups: bad group name {g!r}")
+
+
+def from_dict(data: dict, path: str = "") -> Config:
+    """Build a Config from a parsed TOML table (also used by tests and `config.set`)."""
+    cfg = _build(Config, data)
+    cfg = dataclasses.replace(cfg, path=path)
+    _cross_checks(cfg)
+    return cfg
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """Load and validate the config file; raise ConfigError naming the file and key at fault."""
+    p = Path(path or os.environ.get("EDGEAGENT_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("config.not_found", f"{p}: no such file") from None
+    except OSError as e:
+        raise ConfigError("config.unreadable", f"{p}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("config.syntax", f"{p}: {e}") from None
+    try:
+        return from_dict(data, str(p))
+    except ConfigError as e:
+        raise ConfigError(e.code, f"{p}: {e.message}") from None
+
+
+def get_key(cfg: Config, dotted: str) -> Any:
+    """Read one dotted key (`config.get`)."""
+    obj: Any = cfg
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+            raise ConfigError("config.unknown_key", f"{dotted}: unknown key")
+        obj = getattr(obj, part)
+    return to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def with_key(cfg: Config, dotted: str, value: Any) -> Config:
+    """Return a copy of cfg with one runtime-tunable key changed, validated like the file."""
+    if dotted not in RUNTIME_TUNABLE:
+        get_key(cfg, dotted)  # unknown key -> config.unknown_key
+        raise ConfigError("config.not_tunable", f"{dotted}: not changeable at run time (restart needed)")
+    section, key = dotted.split(".")
+    data = to_dict(cfg)
+    data[section][key] = value
+    return from_dict(data, cfg.path)
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {
+            f.name: to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not f.metadata.get("internal")
+        }
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    return obj
