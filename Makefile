@@ -1,0 +1,31 @@
+# The two set-up commands: `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install -q -e '.[test,camera,images]'
+	# the journald/sd_notify library is optional: build it where libsystemd-dev is present
+	if pkg-config --exists libsystemd 2>/dev/null; then $(BIN)/pip install -q -e '.[systemd]'; fi
+	touch $@
+
+run: $(VENV)/.installed
+	scripts/run-dev.sh
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+demo: $(VENV)/.installed
+	$(BIN)/python scripts/demo.py
+
+bench: $(VENV)/.installed
+	$(BIN)/python scripts/bench_overhead.py
+
+clean:
+	rm -rf $(VENV) .run build *.egg-info

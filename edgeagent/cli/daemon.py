@@ -1,0 +1,99 @@
+"""`run`, `status` and `bench`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edgeagent.cli.common import add_json, emit_json, load_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="agent state, active model, trial, update, last telemetry")
+    add_json(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("bench", help="latency of the raw interpreter and of the agent pipeline")
+    p.add_argument("model", help=".tflite file")
+    p.add_argument("--seconds", type=float, default=10.0, help="total measuring time (default 10)")
+    p.add_argument("--threads", type=int, default=0, help="interpreter threads (0 = runtime default)")
+    p.add_argument("--backend", choices=("auto", "litert", "tflite"), default="auto")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    add_json(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edgeagent.service import logs
+    from edgeagent.service.agent import run_daemon
+
+    cfg = load_config(args)
+    logs.setup(cfg.log.level)
+    return run_daemon(cfg)
+
+
+def offline_status(cfg) -> dict:
+    from edgeagent.state.store import SlotStore
+
+    st = SlotStore(cfg.state_dir).state()
+    model = None
+    if st is not None and st.slots.get(st.active):
+        info = st.slots[st.active]
+        model = {"name": info.model, "version": info.version, "slot": st.active, "sha256": info.sha256}
+    return {"daemon": "stopped", "model": model, "trial": st.trial if st else None, "update": None}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edgeagent.control.client import ControlClient, DaemonNotRunning
+
+    cfg = load_config(args)
+    try:
+        with ControlClient(cfg.control.socket) as c:
+            st = c.call("status")
+    except DaemonNotRunning:
+        st = offline_status(cfg)
+    if args.json:
+        emit_json({k: st.get(k) for k in ("daemon", "model", "trial", "update", "telemetry") if k in st})
+        return 0
+    print(render_status(st))
+    return 0
+
+
+def render_status(st: dict) -> str:
+    from edgeagent.service.agent import figures_line
+
+    m = st.get("model") or {}
+    lines = [f"daemon:  {st['daemon']}" + ("" if st["daemon"] == "running" else " (showing the state directory)")]
+    if m:
+        lines.append(f"model:   {m.get('name')} v{m.get('version')} in slot {m.get('slot')} (sha256 {str(m.get('sha256'))[:12]})")
+    else:
+        lines.append("model:   none installed")
+    trial = st.get("trial")
+    lines.append("trial:   " + (f"slot {trial.get('slot')} on probation (from {trial.get('from')}, attempts {trial.get('attempts')})" if trial else "none"))
+    up = st.get("update")
+    lines.append("update:  " + (f"{up.get('phase')} {up.get('percent', '')}%" if up else "none"))
+    if st.get("telemetry"):
+        lines.append("figures: " + figures_line(st["telemetry"]))
+    return "\n".join(lines)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edgeagent.runtime.bench import run_bench
+
+    progress = (lambda s: print(s, file=sys.stderr)) if sys.stderr.isatty() and not args.json else None
+    r = run_bench(args.model, seconds=args.seconds, threads=args.threads, backend=args.backend,
+                  rounds=args.rounds, progress=progress)
+    if args.json:
+        emit_json(r)
+        return 0
+    print(f"model {r['model']} ({r['backend']} backend, {args.seconds:.0f} s)")
+    print(f"{'':8}{'fps':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")
+    for side in ("raw", "agent"):
+        s = r[side]
+        lat = s["latency_ms"]
+        print(f"{side:8}{s['fps']:>10.1f}{lat['p50']:>10.3f}{lat['p95']:>10.3f}{lat['p99']:>10.3f}")
+    print(f"overhead {r['overhead'] * 100:.2f}% of raw throughput")
+    return 0

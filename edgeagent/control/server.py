@@ -1,0 +1,156 @@
+"""The local control socket: a Unix stream socket speaking the command JSON, one object per line.
+
+It is a thin transport in front of the shared Dispatcher (gunicorn's ctl/ split: framing, a
+table of handlers, a small server, a client). Replies go back on the same connection. One extra,
+socket-only request streams events: ``{"id": ..., "op": "events.subscribe"}`` answers once and
+then sends every event as a line ``{"event": ...}`` until the client hangs up (used by
+``edgeagent install`` for its progress bar and by ``edgeagent top``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+from edgeagent.control.dispatcher import Dispatcher, parse_request
+from edgeagent.errors import CommandError, EdgeAgentError
+from edgeagent.service.events import EventBus
+
+log = logging.getLogger("edgeagent.control")
+
+MAX_LINE = 4 << 20
+
+
+class _Conn:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.open = True
+
+    def send(self, obj: dict) -> None:
+        data = (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
+        with self.lock:
+            if not self.open:
+                raise OSError("connection closed")
+            self.sock.sendall(data)
+
+
+class ControlServer:
+    def __init__(self, path: str | os.PathLike, dispatcher: Dispatcher, events: EventBus | None = None) -> None:
+        self.path = Path(path)
+        self.dispatcher = dispatcher
+        self.events = events
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.settimeout(1.0)
+                probe.connect(str(self.path))
+            except OSError:
+                self.path.unlink()  # stale socket of a daemon that died
+            else:
+                raise EdgeAgentError("control.in_use", f"{self.path}: another edgeagent daemon is running")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o117)  # the socket is created 0660: owner and group (operators) only
+        try:
+            sock.bind(str(self.path))
+        except OSError as e:
+            sock.close()
+            raise EdgeAgentError("control.bind_failed", f"{self.path}: {e.strerror}") from None
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o660)
+        sock.listen(16)
+        sock.settimeout(0.5)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._accept, name="control", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        if self._sock is not None:
+            self._sock.close()
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                s, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            s.settimeout(None)
+            threading.Thread(target=self._serve, args=(s,), name="control-conn", daemon=True).start()
+
+    def _serve(self, s: socket.socket) -> None:
+        conn = _Conn(s)
+        unsubscribe = None
+        buf = b""
+        try:
+            while not self._stopping.is_set():
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) > MAX_LINE and b"\n" not in buf:
+                    conn.send({"id": None, "ok": False, "error": {"code": "cmd.too_large", "message": "line too long"}})
+                    break
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    if self._is_subscribe(line):
+                        if unsubscribe is None and self.events is not None:
+                            unsubscribe = self._subscribe(conn, line)
+                        continue
+                    self.dispatcher.submit(line, conn.send, source="control")
+        except OSError:
+            pass
+        finally:
+            if unsubscribe:
+                unsubscribe()
+            with conn.lock:
+                conn.open = False
+            s.close()
+
+    @staticmethod
+    def _is_subscribe(line: bytes) -> bool:
+        return b'"events.subscribe"' in line
+
+    def _subscribe(self, conn: _Conn, line: bytes):
+        try:
+            req = parse_request(line)
+        except EdgeAgentError as e:
+            conn.send({"id": None, "ok": False, "error": e.to_dict()})
+            return None
+        if req.op != "events.subscribe":
+            self.dispatcher.submit(line, conn.send, source="control")
+            return None
+        assert self.events is not None
+
+        def sink(event: dict) -> None:
+            try:
+                conn.send(event)
+            except OSError:
+                pass
+
+        conn.send({"id": req.id, "ok": True, "result": {"subscribed": True, "recent": self.events.recent(20)}})
+        return self.events.subscribe(sink)

@@ -1,0 +1,231 @@
+"""The inference loop: read a frame, adapt it, invoke, check the outputs, repeat at rate_hz.
+
+It runs in its own thread and never waits on the network or on the control plane: everything
+else reads its counters. The per-frame path does no logging and no allocation of its own
+(a few float stores into preallocated rings). A model swap is a reference assignment at a frame
+boundary, so a hot swap costs no frame; the interpreter being swapped in was built, allocated and
+warmed up by the caller beforehand.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeagent.errors import EdgeAgentError, SourceError
+from edgeagent.runtime.stats import LatencyWindow
+
+log = logging.getLogger("edgeagent.loop")
+
+_perf = time.perf_counter
+
+
+@dataclass
+class ModelCounters:
+    """What the current model did since it was swapped in (probation reads these)."""
+
+    since: float = field(default_factory=time.monotonic)
+    frames: int = 0
+    errors: int = 0
+    nonfinite: int = 0
+    last_error: str = ""
+    invoke_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=512))
+
+    def to_dict(self) -> dict:
+        inv = sorted(self.invoke_ms)
+        return {
+            "frames": self.frames,
+            "errors": self.errors,
+            "nonfinite": self.nonfinite,
+            "last_error": self.last_error or None,
+            "invoke_p50_ms": round(inv[len(inv) // 2], 3) if inv else None,
+            "seconds": round(time.monotonic() - self.since, 3),
+        }
+
+
+class InferenceLoop:
+    def __init__(
+        self,
+        model: Any,
+        source: Any,
+        *,
+        rate_hz: float = 10.0,
+        keep_frames: int = 8,
+        keep_every_s: float = 0.5,
+        on_output: Callable[[Any, list[np.ndarray]], None] | None = None,
+        output_interval_s: float = 1.0,
+        check_finite_every: int = 1,
+    ) -> None:
+        self.model = model
+        self.source = source
+        self.stats = LatencyWindow()
+        self.counters = ModelCounters()
+        self.errors = 0  # model errors (invoke failed, non-finite outputs)
+        self.input_errors = 0
+        self.deadline_misses = 0
+        self.heartbeat = time.monotonic()
+        self.started_at = time.monotonic()
+        self._period = 1.0 / rate_hz if rate_hz > 0 else 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pending: tuple[Any, concurrent.futures.Future] | None = None
+        self._frames: collections.deque = collections.deque(maxlen=keep_frames)
+        self._keep_every = keep_every_s
+        self._kept_at = 0.0
+        self._on_output = on_output
+        self._output_every = output_interval_s
+        self._output_at = 0.0
+        self._finite_every = max(1, check_finite_every)
+        self._ends = np.zeros(4096, dtype=np.float64)  # frame end times, for the swap-gap benchmark
+        self.first_frame = threading.Event()
+
+    # -- control (any thread) -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def rate_hz(self) -> float:
+        return 1.0 / self._period if self._period else 0.0
+
+    def set_rate(self, hz: float) -> None:
+        self._period = 1.0 / hz if hz > 0 else 0.0
+
+    def swap(self, model: Any) -> concurrent.futures.Future:
+        """Serve `model` from the next frame on; the future resolves to the model it replaced."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if not self.running:
+            old, self.model = self.model, model
+            self.counters = ModelCounters()
+            fut.set_result(old)
+            return fut
+        if self._pending is not None:  # only the newest request matters
+            self._pending[1].cancel()
+        self._pending = (model, fut)
+        return fut
+
+    def recent_frames(self) -> list[np.ndarray]:
+        """Copies of recent real input frames (health checks run the new model on these)."""
+        return list(self._frames)
+
+    def frame_ends(self, n: int) -> np.ndarray:
+        """Monotonic end times of the last n frames, oldest first."""
+        c = self.stats.count
+        n = min(n, c, self._ends.size)
+        idx = np.arange(c - n, c) % self._ends.size
+        return self._ends[idx]
+
+    def snapshot(self, consume: bool = True) -> dict:
+        """The `inference` part of a telemetry payload for the window since the last snapshot."""
+        w = self.stats.window(consume=consume)
+        return {
+            "count": self.stats.count,
+            "errors": self.errors,
+            "input_errors": self.input_errors,
+            "fps": w["fps"],
+            "deadline_misses": self.deadline_misses,
+            "latency_ms": w["latency_ms"],
+            "rate_hz": round(self.rate_hz, 3),
+        }
+
+    # -- the loop (inference thread) --------------------------------------------------------
+    def _apply_swap(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        model, fut = pending
+        if fut.cancelled():
+            return
+        old, self.model = self.model, model
+        self.counters = ModelCounters()
+        fut.set_result(old)
+
+    def _run(self) -> None:
+        stop = self._stop
+        stats = self.stats
+        next_t = time.monotonic()
+        frame_no = 0
+        while not stop.is_set():
+            if self._pending is not None:
+                self._apply_swap()
+            model = self.model
+            counters = self.counters
+            try:
+                frame = self.source.read()
+            except SourceError:
+                self.input_errors += 1
+                self.heartbeat = time.monotonic()  # the loop itself is alive
+                stop.wait(min(self._period or 0.05, 0.5))
+                next_t = time.monotonic()
+                continue
+            t1 = _perf()
+            try:
+                model.preprocess(frame)
+                t2 = _perf()
+                model.invoke()
+                t3 = _perf()
+                outs = model.outputs_view()
+                frame_no += 1
+                if frame_no % self._finite_every == 0:
+                    for o in outs:
+                        if not np.isfinite(o).all():
+                            counters.nonfinite += 1
+                            self.errors += 1
+                            break
+            except SourceError as e:  # a frame that cannot be adapted: bad input data
+                self.input_errors += 1
+                counters.last_error = str(e)
+                self.heartbeat = time.monotonic()
+                stop.wait(min(self._period or 0.05, 0.5))
+                continue
+            except Exception as e:  # noqa: BLE001 - a failing model must not stop the loop
+                counters.errors += 1
+                self.errors += 1
+                counters.last_error = str(e) if isinstance(e, EdgeAgentError) else f"{type(e).__name__}: {e}"
+                self.heartbeat = time.monotonic()
+                stop.wait(min(self._period or 0.01, 0.5))
+                continue
+            t4 = _perf()
+            stats.record((t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3)
+            counters.frames += 1
+            counters.invoke_ms.append((t3 - t2) * 1e3)
+            now = time.monotonic()
+            self._ends[(stats.count - 1) % self._ends.size] = now
+            self.heartbeat = now
+            if not self.first_frame.is_set():
+                self.first_frame.set()
+            if now - self._kept_at >= self._keep_every:
+                self._kept_at = now
+                self._frames.append(np.array(frame, copy=True))
+            if self._on_output is not None and now - self._output_at >= self._output_every:
+                self._output_at = now
+                try:
+                    self._on_output(model, outs)
+                except Exception:  # noqa: BLE001
+                    log.exception("output hook failed")
+            period = self._period
+            if period:
+                next_t += period
+                if now > next_t:  # finished after the next frame was due
+                    self.deadline_misses += 1
+                    next_t = now
+                else:
+                    stop.wait(next_t - now)
+            else:
+                next_t = now

@@ -1,0 +1,336 @@
+"""The daemon: wires the engine, input, loop, slots, updater, telemetry and transports together.
+
+Threads: the inference loop; the dispatcher (all commands, from MQTT and the control socket);
+paho's network thread (enqueue only); the control socket server; the updater's worker. The main
+thread only supervises: it handles queued signals, pings the systemd watchdog while the
+inference loop makes progress, and publishes telemetry every interval. Signal handlers only
+queue the signal (gunicorn's rule).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from edgeagent import __version__
+from edgeagent import config as config_mod
+from edgeagent.config import Config
+from edgeagent.control.dispatcher import Dispatcher, require
+from edgeagent.control.server import ControlServer
+from edgeagent.engine.model import Model
+from edgeagent.errors import ConfigError, EdgeAgentError, ModelError
+from edgeagent.inputs.factory import make_source
+from edgeagent.inputs.resilient import ResilientSource
+from edgeagent.runtime.loop import InferenceLoop
+from edgeagent.service.events import EventBus
+from edgeagent.service.sdnotify import Notifier
+from edgeagent.state.store import SlotStore
+from edgeagent.telemetry.collector import TelemetryCollector
+
+log = logging.getLogger("edgeagent")
+
+READY_TIMEOUT_S = 60.0
+
+
+def _fmt(v: Any, unit: str = "", nd: int = 1) -> str:
+    return "-" if v is None else f"{v:.{nd}f}{unit}"
+
+
+def figures_line(t: dict) -> str:
+    """One readable line of live figures (`make run`, and the journal once a minute)."""
+    m = t.get("model") or {}
+    inf = t.get("inference") or {}
+    lat = inf.get("latency_ms") or {}
+    sysm = t.get("system") or {}
+    power = t.get("power") or {}
+    temps = [v for v in (t.get("thermal") or {}).values() if isinstance(v, (int, float))]
+    parts = [
+        f"model {m.get('name')} v{m.get('version')} slot {m.get('slot')}{' (trial)' if m.get('trial') else ''}",
+        f"{_fmt(inf.get('fps'))} fps",
+        f"p50 {_fmt(lat.get('p50'), ' ms', 2)} p99 {_fmt(lat.get('p99'), ' ms', 2)}",
+        f"errors {inf.get('errors', 0)}",
+        f"cpu {_fmt(sysm.get('agent_cpu_percent'), '%', 0)}",
+    ]
+    if temps:
+        parts.append(f"{max(temps):.1f}°C")
+    if power.get("total_w") is not None:
+        parts.append(f"{power['total_w']:.2f} W ({power.get('source')})")
+    return " | ".join(parts)
+
+
+class Agent:
+    def __init__(self, cfg: Config, *, notifier: Notifier | None = None) -> None:
+        self.config = cfg
+        self.events = EventBus()
+        self.dispatcher = Dispatcher()
+        self.notifier = notifier or Notifier()
+        self.store = SlotStore(cfg.state_dir)
+        self.started_at = time.time()
+        self.loop: InferenceLoop | None = None
+        self.model_info: dict = {}
+        self.transport: Any = None
+        self.control: ControlServer | None = None
+        self.updater: Any = None
+        self.telemetry = TelemetryCollector(cfg.telemetry, cfg.device_id)
+        self.last_telemetry: dict | None = None
+        self._signals: queue.Queue[int] = queue.Queue()
+        self._stopping = threading.Event()
+        self._interactive = sys.stderr.isatty()
+
+    # -- models -----------------------------------------------------------------------------
+    def load_model(self, path: str | os.PathLike) -> Model:
+        m = self.config.model
+        return Model.load(
+            str(path),
+            backend=m.backend,
+            num_threads=m.num_threads,
+            delegate=m.delegate,
+            input_mean=m.input_mean,
+            input_std=m.input_std,
+        )
+
+    def set_model_info(self, info: dict) -> None:
+        """Called whenever the served model changes (start, swap, rollback)."""
+        self.model_info = info
+        if self.transport is not None:
+            self.transport.set_birth_info(info)
+
+    def _boot_model(self) -> Model:
+        """Pick the slot to serve (the store's boot rules), load it; a broken one falls back."""
+        m = self.config.model
+        plan = self.store.boot(
+            model_name=m.name,
+            initial=m.initial,
+            initial_version=m.initial_version,
+            max_attempts=self.config.update.max_trial_attempts,
+        )
+        for ev in plan.events:
+            ev = dict(ev)
+            self.events.emit(ev.pop("event"), **ev)
+        self.boot_plan = plan
+        try:
+            model = self.load_model(plan.path)
+        except ModelError as e:
+            log.error("slot %s model does not load: %s", plan.slot, e)
+            self.store.rollback(f"load failed: {e.message}", mark_bad=True)
+            self.events.emit("rollback", reason=f"slot {plan.slot} does not load: {e.code}", slot=plan.slot)
+            plan = self.store.boot(
+                model_name=m.name, initial=m.initial, initial_version=m.initial_version,
+                max_attempts=self.config.update.max_trial_attempts,
+            )
+            self.boot_plan = plan
+            model = self.load_model(plan.path)
+        info = plan.info
+        self.set_model_info({
+            "name": info.model, "version": info.version, "slot": plan.slot, "sha256": info.sha256,
+            "trial": plan.trial is not None,
+        })
+        self.events.emit("model.loaded", model=self.model_info, backend=model.backend)
+        return model
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        model = self._boot_model()
+        source = ResilientSource(make_source(cfg.input, model.inputs[0]), on_state=self._on_input_state)
+        source.open()
+        self.loop = InferenceLoop(
+            model, source, rate_hz=cfg.input.rate_hz,
+            on_output=self._on_output if cfg.output.publish != "none" and cfg.mqtt.host else None,
+            output_interval_s=1.0 / cfg.output.max_rate_hz if cfg.output.max_rate_hz else 1.0,
+        )
+        self._register_ops()
+        from edgeagent.update.manager import UpdateManager  # the updater needs the loop
+
+        self.updater = UpdateManager(self)
+        self.updater.register(self.dispatcher)
+        self.dispatcher.start()
+        self.control = ControlServer(cfg.control.socket, self.dispatcher, self.events)
+        self.control.start()
+        if cfg.mqtt.host:
+            self._start_transport()
+        self.loop.start()
+        if not self.loop.first_frame.wait(READY_TIMEOUT_S):
+            log.warning("no frame inferred after %.0f s (input down?); reporting ready anyway", READY_TIMEOUT_S)
+        self.updater.resume(self.boot_plan)
+        self.notifier.ready(self._status_line())
+        log.info("serving %s v%s from slot %s (%s backend, input %s at %s Hz)",
+                 self.model_info["name"], self.model_info["version"], self.model_info["slot"],
+                 model.backend, cfg.input.source, cfg.input.rate_hz)
+
+    def _start_transport(self) -> None:
+        from edgeagent.transport.mqtt import MqttTransport
+
+        cfg = self.config
+        self.transport = MqttTransport(
+            cfg.mqtt,
+            device_id=cfg.device_id,
+            topic_prefix=cfg.topic_prefix,
+            groups=cfg.device.groups,
+            agent_version=__version__,
+            on_command=lambda payload, reply: self.dispatcher.submit(payload, reply, source="mqtt"),
+            on_chunk=self._on_chunk,
+        )
+        self.transport.set_birth_info(self.model_info)
+        self.events.subscribe(self.transport.publish_event)
+        self.transport.start()
+
+    def _on_chunk(self, transfer_id: str, index: int, data: bytes) -> None:
+        if self.updater is not None:
+            self.updater.on_chunk(transfer_id, index, data)
+
+    def _on_input_state(self, name: str, fields: dict) -> None:
+        self.events.emit(name, **fields)
+
+    def _on_output(self, model: Any, outs: list[np.ndarray]) -> None:
+        if self.transport is None:
+            return
+        full = self.config.output.publish == "full"
+        items = []
+        for spec, o in zip(model.outputs, outs):
+            flat = o.reshape(-1)
+            item = {"name": spec.name, "shape": list(o.shape)}
+            if flat.size:
+                item.update(argmax=int(flat.argmax()), max=float(flat.max()), mean=float(flat.mean()))
+            if full:
+                item["values"] = flat.tolist()
+            items.append(item)
+        self.transport.publish("output", {"ts": round(time.time(), 3), "model": self.model_info.get("version"), "outputs": items}, qos=0)
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; return the exit code."""
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda s, _f: self._signals.put(s))
+        self.start()
+        assert self.loop is not None
+        wd = self.notifier.watchdog_s
+        next_tel = time.monotonic()
+        next_line = time.monotonic() + self.config.telemetry.interval_s
+        while True:
+            try:
+                sig = self._signals.get(timeout=min(0.5, wd / 4) if wd else 0.5)
+            except queue.Empty:
+                sig = None
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                log.info("received %s, stopping", signal.Signals(sig).name)
+                break
+            if sig == signal.SIGHUP:
+                log.info("SIGHUP: configuration reload needs a restart; ignoring")
+            now = time.monotonic()
+            # The watchdog is fed only while the inference loop makes progress: a hung loop
+            # (stuck invoke, deadlock) stops the pings and systemd restarts us.
+            if wd and now - self.loop.heartbeat < wd / 2:
+                self.notifier.watchdog()
+            if now >= next_tel:
+                next_tel = now + self.config.telemetry.interval_s
+                self.publish_telemetry()
+                self.notifier.status(self._status_line())
+                if self.last_telemetry and (self._interactive or now >= next_line):
+                    next_line = now + 60
+                    log.info("%s", figures_line(self.last_telemetry))
+        self.stop()
+        return 0
+
+    def publish_telemetry(self) -> dict:
+        assert self.loop is not None
+        extra = {}
+        if self.transport is not None:
+            dropped = self.transport.take_dropped()
+            if dropped:
+                extra["dropped"] = dropped
+        payload = self.telemetry.collect(
+            model={k: self.model_info.get(k) for k in ("name", "version", "slot", "trial")},
+            inference=self.loop.snapshot(),
+            extra=extra or None,
+        )
+        self.last_telemetry = payload
+        if self.transport is not None:
+            self.transport.publish_telemetry(payload)
+        return payload
+
+    def stop(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.notifier.stopping()
+        if self.updater is not None:
+            self.updater.stop()
+        if self.loop is not None:
+            self.loop.stop()
+            try:
+                self.loop.source.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.control is not None:
+            self.control.stop()
+        self.dispatcher.stop()
+        if self.transport is not None:
+            self.transport.stop(reason="shutdown")
+        self.notifier.close()
+        log.info("stopped")
+
+    def _status_line(self) -> str:
+        m = self.model_info
+        t = (self.last_telemetry or {}).get("inference") or {}
+        trial = " trial" if m.get("trial") else ""
+        return f"serving {m.get('name')} v{m.get('version')} slot {m.get('slot')}{trial}, {t.get('fps', 0)} fps"
+
+    # -- core ops ---------------------------------------------------------------------------
+    def status(self) -> dict:
+        st = self.store.state()
+        return {
+            "daemon": "running",
+            "agent": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "model": {k: self.model_info.get(k) for k in ("name", "version", "slot", "sha256")},
+            "backend": getattr(self.loop.model, "backend", None) if self.loop else None,
+            "trial": self.updater.trial_status() if self.updater else (st.trial if st else None),
+            "update": self.updater.progress() if self.updater else None,
+            "telemetry": self.last_telemetry,
+            "mqtt": self.transport.stats() if self.transport is not None else None,
+            "events": self.events.recent(10),
+        }
+
+    def _register_ops(self) -> None:
+        d = self.dispatcher
+        d.register("ping", lambda args, ctx: {"pong": True, "agent": __version__, "ts": round(time.time(), 3)})
+        d.register("status", lambda args, ctx: self.status())
+        d.register("config.get", self._op_config_get)
+        d.register("config.set", self._op_config_set)
+
+    def _op_config_get(self, args: dict, ctx: Any) -> dict:
+        key = require(args, "key", str, optional=True)
+        if key is None:
+            return {"config": config_mod.to_dict(self.config), "tunable": list(config_mod.RUNTIME_TUNABLE)}
+        return {"key": key, "value": config_mod.get_key(self.config, key)}
+
+    def _op_config_set(self, args: dict, ctx: Any) -> dict:
+        key = require(args, "key", str)
+        if "value" not in args:
+            raise ConfigError("cmd.bad_args", "args.value: required")
+        new = config_mod.with_key(self.config, key, args["value"])
+        old_value = config_mod.get_key(self.config, key)
+        self.config = new
+        if key == "input.rate_hz" and self.loop is not None:
+            self.loop.set_rate(new.input.rate_hz)
+        value = config_mod.get_key(new, key)
+        log.info("config.set %s: %r -> %r (until restart)", key, old_value, value)
+        return {"key": key, "value": value, "previous": old_value, "persisted": False}
+
+
+def run_daemon(cfg: Config) -> int:
+    agent = Agent(cfg)
+    try:
+        return agent.run()
+    except EdgeAgentError:
+        agent.stop()
+        raise
