@@ -2,7 +2,8 @@
 # Install edgeagent onto a device: a venv under /opt, a system user, the systemd unit and a config
 # under /etc/edgeagent. Idempotent: run it again to upgrade; an existing config is never touched.
 #
-#   sudo scripts/install.sh [--prefix ROOT] [--extras camera,images] [--pip-args "..."] [--start]
+#   sudo scripts/install.sh [--prefix ROOT] [--extras camera,images] [--pip-args "..."]
+#                           [--package WHEEL] [--start]
 #
 # --prefix installs into another root (an image being built, or a test's temporary directory).
 set -euo pipefail
@@ -10,6 +11,7 @@ set -euo pipefail
 PREFIX=""
 EXTRAS="camera,images"
 PIP_ARGS=""
+PACKAGE=""
 START=0
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
@@ -19,6 +21,7 @@ while [ $# -gt 0 ]; do
     --prefix) PREFIX="${2%/}"; shift 2 ;;
     --extras) EXTRAS="$2"; shift 2 ;;
     --pip-args) PIP_ARGS="$2"; shift 2 ;;
+    --package) PACKAGE="$2"; shift 2 ;;   # a wheel or requirement instead of this source tree
     --start) START=1; shift ;;
     -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
@@ -55,9 +58,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   mkdir -p "$(dirname "$VENV")"
   "$PYTHON" -m venv "$VENV" && say "created venv $VENV"
 fi
-if pkg-config --exists libsystemd 2>/dev/null; then EXTRAS="$EXTRAS,systemd"; fi
+if [ -n "$EXTRAS" ] && pkg-config --exists libsystemd 2>/dev/null; then EXTRAS="$EXTRAS,systemd"; fi
 # shellcheck disable=SC2086
-"$VENV/bin/pip" install -q $PIP_ARGS "$SRC[$EXTRAS]"
+target="${PACKAGE:-$SRC}"; [ -n "$EXTRAS" ] && target="$target[$EXTRAS]"
+"$VENV/bin/pip" install -q $PIP_ARGS "$target"
 say "installed edgeagent $("$VENV/bin/python" -c 'import edgeagent; print(edgeagent.__version__)') into $VENV"
 
 # 3. config and trusted keys (never overwrite what the operator wrote)

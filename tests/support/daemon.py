@@ -1,0 +1,139 @@
+"""Run the real daemon (`python -m edgeagent run`) as a child process for end-to-end tests.
+
+Readiness comes the way systemd learns it: the test binds a datagram socket, passes it as
+NOTIFY_SOCKET and waits for READY=1. Commands go over the real control socket.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support import tomlw
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def base_config(tmp: Path, model: Path, **over: Any) -> dict:
+    cfg = {
+        "device": {"id": "test-dev"},
+        "model": {"name": "testmodel", "state_dir": str(tmp / "state"), "initial": str(model)},
+        "input": {"source": "synthetic", "rate_hz": 50.0},
+        "telemetry": {"interval_s": 0.5, "sysfs_root": str(tmp / "nosys"), "power_profile": "none"},
+        "control": {"socket": str(tmp / "control.sock")},
+        "update": {"probation_s": 1.0, "min_inferences": 5},
+    }
+    return deep_merge(cfg, over)
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(tomlw.dumps(cfg))
+    return path
+
+
+class Daemon:
+    def __init__(self, tmp: Path, cfg: dict, name: str = "daemon") -> None:
+        self.tmp = tmp
+        self.cfg = cfg
+        self.config_path = write_config(tmp / f"{name}.toml", cfg)
+        self.log_path = tmp / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.notify: socket.socket | None = None
+        self.messages: list[str] = []
+
+    @property
+    def socket_path(self) -> str:
+        return self.cfg["control"]["socket"]
+
+    def start(self, wait_ready: bool = True, timeout: float = 60.0, env: dict | None = None) -> "Daemon":
+        notify_path = str(self.tmp / f"notify-{os.getpid()}-{id(self)}.sock")
+        if os.path.exists(notify_path):
+            os.unlink(notify_path)
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(notify_path)
+        e = dict(os.environ, NOTIFY_SOCKET=notify_path, PYTHONUNBUFFERED="1")
+        e.pop("WATCHDOG_USEC", None)
+        e.update(env or {})
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeagent", "-c", str(self.config_path), "run"],
+            cwd=REPO, env=e, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        if wait_ready:
+            self.wait_for("READY=1", timeout)
+        return self
+
+    def wait_for(self, needle: str, timeout: float = 30.0) -> str:
+        """Wait for an sd_notify datagram containing `needle`."""
+        assert self.notify is not None and self.proc is not None
+        deadline = time.monotonic() + timeout
+        for m in self.messages:
+            if needle in m:
+                return m
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            self.notify.settimeout(0.2)
+            try:
+                msg = self.notify.recv(65536).decode()
+            except socket.timeout:
+                continue
+            self.messages.append(msg)
+            if needle in msg:
+                return msg
+        raise AssertionError(f"no {needle!r} from the daemon in {timeout} s:\n{self.log()}")
+
+    def call(self, op: str, args: dict | None = None, timeout: float = 30.0) -> Any:
+        from edgeagent.control.client import ControlClient
+
+        with ControlClient(self.socket_path, timeout=timeout) as c:
+            return c.call(op, args or {}, timeout=timeout)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.close()
+
+    def close(self) -> None:
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
+        if getattr(self, "_log", None):
+            self._log.close()
