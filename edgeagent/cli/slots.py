@@ -1,5 +1,271 @@
-"""placeholder: registered later."""
+"""`slots`, `rollback`, `commit` and `install`: live through the control socket when the daemon
+runs, offline on the state directory (under its lock) when it does not."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeagent.cli.common import add_json, emit_json, human_size, load_config
+from edgeagent.control.client import ControlClient, DaemonNotRunning
+from edgeagent.errors import CommandError, EdgeAgentError
 
 
-def register(sub):
-    pass
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("slots", help="the A/B slots: role, status, model, version, sha256, health")
+    add_json(p)
+    p.set_defaults(func=cmd_slots)
+
+    p = sub.add_parser("rollback", help="make the other slot active (live when the daemon runs)")
+    p.add_argument("--reason", default="manual rollback")
+    add_json(p)
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("commit", help="mark the model on trial good now")
+    add_json(p)
+    p.set_defaults(func=cmd_commit)
+
+    p = sub.add_parser("install", help="install an update bundle (same path as an MQTT update)")
+    p.add_argument("manifest", help="signed manifest (.json)")
+    p.add_argument("--payload", help="payload file or URL (default: the manifest's payload name beside it)")
+    p.add_argument("--wait", action="store_true", help="with a daemon: wait for the commit or rollback")
+    add_json(p)
+    p.set_defaults(func=cmd_install)
+
+
+def _live(cfg: Any, op: str, args: dict | None = None, **kw: Any) -> Any:
+    with ControlClient(cfg.control.socket, timeout=kw.pop("timeout", 30.0)) as c:
+        return c.call(op, args or {}, **kw)
+
+
+def _store(cfg: Any):
+    from edgeagent.state.store import SlotStore
+
+    return SlotStore(cfg.state_dir)
+
+
+# -- slots ------------------------------------------------------------------------------------
+def _health_text(h: Any) -> str:
+    if not h:
+        return "-"
+    if h.get("ok"):
+        lat = h.get("latency_ms")
+        return f"ok {lat:.2f} ms" if isinstance(lat, (int, float)) else "ok"
+    return h.get("code") or "failed"
+
+
+def render_slots(table: dict) -> str:
+    rows = [("SLOT", "ROLE", "STATUS", "MODEL", "VERSION", "SHA256", "SIZE", "INSTALLED", "HEALTH")]
+    for s in table["slots"]:
+        rows.append((
+            s["slot"], s["role"], s["status"], s.get("model") or "-",
+            str(s["version"]) if s.get("version") is not None else "-",
+            (s.get("sha256") or "-")[:12], human_size(s.get("size")) if s.get("size") else "-",
+            s.get("installed_at") or "-", _health_text(s.get("health")),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    for s in table["slots"]:
+        if s.get("reason") and s["status"] == "bad":
+            lines.append(f"slot {s['slot']} is bad: {s['reason']}")
+    return "\n".join(lines)
+
+
+def cmd_slots(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    try:
+        table = _live(cfg, "slots")
+    except DaemonNotRunning:
+        table = _store(cfg).slots_table()
+    if args.json:
+        emit_json(table)
+    else:
+        print(render_slots(table))
+    return 0
+
+
+# -- rollback / commit ------------------------------------------------------------------------
+def _offline_rollback(cfg: Any, reason: str) -> dict:
+    from edgeagent.engine.model import Model
+
+    store = _store(cfg)
+    st = store.state()
+    if st is None:
+        raise EdgeAgentError("state.no_model", f"{cfg.state_dir}: no state yet")
+    other = "b" if st.active == "a" else "a"
+    info = st.slots.get(other)
+    if info is None or (info.status != "good" and not st.trial) or not store.verify_slot(other):
+        raise EdgeAgentError("state.no_rollback_target", f"slot {other} holds no good model")
+    m = cfg.model
+    Model.load(str(store.slot_path(other)), backend=m.backend, num_threads=m.num_threads).close()
+    frm = st.active
+    st = store.rollback(reason, mark_bad=bool(st.trial))
+    return {"slot": st.active, "version": st.slots[st.active].version, "from": frm}
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    try:
+        r = _live(cfg, "rollback", {"reason": args.reason})
+        mode = "live"
+    except DaemonNotRunning:
+        r = _offline_rollback(cfg, args.reason + " (offline)")
+        mode = "offline"
+    if args.json:
+        emit_json({**r, "mode": mode})
+    else:
+        print(f"rolled back ({mode}): slot {r['slot']} v{r['version']} is active")
+    return 0
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    try:
+        r = _live(cfg, "commit")
+        mode = "live"
+    except DaemonNotRunning:
+        st = _store(cfg).commit()
+        r = {"slot": st.active, "version": st.slots[st.active].version, "status": "good"}
+        mode = "offline"
+    if args.json:
+        emit_json({**r, "mode": mode})
+    else:
+        print(f"committed ({mode}): slot {r['slot']} v{r['version']} is good")
+    return 0
+
+
+# -- install ----------------------------------------------------------------------------------
+class _Progress:
+    """A progress bar on a terminal (rich), nothing in a pipe."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                                TimeElapsedColumn(), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task("check", total=100)
+
+    def update(self, phase: str, percent: float | None) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description=phase, completed=percent if percent is not None else 0)
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _payload_arg(manifest_path: Path, envelope: dict, payload: str | None) -> str:
+    if payload is None:
+        name = ((envelope.get("signed") or {}).get("payload") or {}).get("name")
+        if not isinstance(name, str):
+            raise CommandError("cmd.bad_args", f"{manifest_path}: no payload name; give --payload")
+        payload = str(manifest_path.parent / name)
+    if "://" in payload:
+        return payload
+    p = Path(payload).resolve()
+    if not p.is_file():
+        raise CommandError("cmd.bad_args", f"{payload}: no such payload file")
+    return p.as_uri()
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    mpath = Path(args.manifest)
+    try:
+        envelope = json.loads(mpath.read_text())
+    except OSError as e:
+        raise CommandError("cmd.bad_args", f"{mpath}: {e.strerror}") from None
+    except ValueError as e:
+        raise EdgeAgentError("update.malformed", f"{mpath}: not JSON ({e})") from None
+    url = _payload_arg(mpath, envelope, args.payload)
+    bar = _Progress(sys.stderr.isatty() and not args.json)
+    try:
+        try:
+            result = _install_live(cfg, envelope, url, bar, args.wait)
+            mode = "live"
+        except DaemonNotRunning:
+            result = _install_offline(cfg, envelope, url, bar)
+            mode = "offline"
+    finally:
+        bar.close()
+    if args.json:
+        emit_json({**result, "mode": mode})
+    elif mode == "live":
+        print(f"v{result['version']} is serving from slot {result['slot']}: {result.get('state', 'trial')}")
+    else:
+        print(f"v{result['version']} installed in slot {result['slot']} and left in trial: "
+              "the next daemon start serves it and confirms it after probation")
+    return 0
+
+
+def _install_live(cfg: Any, envelope: dict, url: str, bar: _Progress, wait: bool) -> dict:
+    def on_event(ev: dict) -> None:
+        name = ev.get("event", "")
+        if name == "update.downloading":
+            bar.update("download", ev.get("percent"))
+        elif name in ("update.verified", "update.applied", "update.trial"):
+            bar.update(name.split(".")[1], 100.0)
+            bar.note(f"{name} v{ev.get('version')}")
+        outcome.append(ev)
+
+    outcome: list[dict] = []
+    with ControlClient(cfg.control.socket, timeout=cfg.update.health_timeout_s + 600) as c:
+        c.call("events.subscribe")
+        result = c.call("update", {"manifest": envelope, "payload_url": url}, on_event=on_event)
+        if wait:
+            deadline = time.monotonic() + result.get("probation_s", cfg.update.probation_s) + 120
+            while time.monotonic() < deadline:
+                done = [e for e in outcome if e.get("event") in ("update.committed", "update.rolled_back")]
+                if done:
+                    result["state"] = "committed" if done[-1]["event"] == "update.committed" else \
+                        f"rolled back: {done[-1].get('reason')}"
+                    if done[-1]["event"] == "update.rolled_back":
+                        raise EdgeAgentError("update.rolled_back", done[-1].get("reason", ""))
+                    break
+                try:
+                    msg = c._readline(1.0)
+                except OSError:
+                    continue
+                if "event" in msg:
+                    on_event(msg)
+    return result
+
+
+def _install_offline(cfg: Any, envelope: dict, url: str, bar: _Progress) -> dict:
+    from edgeagent.update.installer import Installer, PayloadSource
+
+    store = _store(cfg)
+    m = cfg.model
+    if store.state() is None:  # factory provisioning: seed slot A first, like a first start
+        store.boot(model_name=m.name, initial=m.initial, initial_version=m.initial_version,
+                   max_attempts=cfg.update.max_trial_attempts)
+
+    def emit(name: str, **fields: Any) -> None:
+        bar.note(f"{name} v{fields.get('version', '')}")
+        if name == "update.downloading":
+            bar.update("download", fields.get("percent"))
+
+    def progress(p: dict) -> None:
+        bar.update(p.get("phase", ""), p.get("percent"))
+
+    inst = Installer(cfg, store, emit=emit, progress=progress)
+    done = inst.run(envelope, PayloadSource(url=url), frames=[])
+    h = done.manifest.health
+    store.begin_trial(done.slot,
+                      probation_s=h.probation_s if h and h.probation_s is not None else cfg.update.probation_s,
+                      min_inferences=h.min_inferences if h and h.min_inferences is not None else cfg.update.min_inferences,
+                      extra={"baseline_ms": None, "max_latency_ms": h.max_latency_ms if h else None,
+                             "version": done.manifest.version})
+    return {"version": done.manifest.version, "slot": done.slot, "state": "trial", "health": done.health}
+

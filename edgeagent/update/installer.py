@@ -1,0 +1,196 @@
+"""The install pipeline, as RAUC's named steps: check, fetch, write, verify, health.
+
+Shared by the live daemon (an `update` command over MQTT or the control socket) and the offline
+CLI (`edgeagent install` with no daemon): both go through `Installer.run`, so a factory
+provisioning run exercises the exact code a fleet update does. Nothing is written to a slot
+before the manifest and the payload verify, and never to the active slot; the target slot is
+marked bad ("installing") before the first byte lands (RAUC: mark the target bad first).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeagent.config import Config
+from edgeagent.errors import CommandError
+from edgeagent.update import health as health_mod
+from edgeagent.update.errors import UpdateRejected
+from edgeagent.update.fetch import fetch_to_staging
+from edgeagent.update.keys import load_trusted_keys
+from edgeagent.update.manifest import Manifest, verify_envelope
+from edgeagent.update.patch import apply_delta, copy_full
+from edgeagent.update.staging import Staging
+
+log = logging.getLogger("edgeagent.update")
+
+Emit = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class PayloadSource:
+    """Where the payload comes from: exactly one of url, b64, transfer (id, chunks)."""
+
+    url: str | None = None
+    b64: str | None = None
+    transfer_id: str | None = None
+    chunks: int | None = None
+
+    @classmethod
+    def from_args(cls, args: dict) -> "PayloadSource":
+        given = [k for k in ("payload_url", "payload_b64", "transfer") if args.get(k) is not None]
+        if len(given) != 1:
+            raise CommandError("cmd.bad_args", "args: give exactly one of payload_url, payload_b64, transfer")
+        if given[0] == "payload_url":
+            url = args["payload_url"]
+            if not isinstance(url, str) or not url.split(":", 1)[0] in ("http", "https", "file"):
+                raise CommandError("cmd.bad_args", "args.payload_url: must be an http, https or file URL")
+            return cls(url=url)
+        if given[0] == "payload_b64":
+            if not isinstance(args["payload_b64"], str):
+                raise CommandError("cmd.bad_args", "args.payload_b64: must be a base64 string")
+            return cls(b64=args["payload_b64"])
+        t = args["transfer"]
+        if not isinstance(t, dict) or not isinstance(t.get("id"), str) or isinstance(t.get("chunks"), bool) \
+                or not isinstance(t.get("chunks"), int) or t["chunks"] < 1:
+            raise CommandError("cmd.bad_args", "args.transfer: must be {\"id\": str, \"chunks\": int >= 1}")
+        return cls(transfer_id=t["id"], chunks=t["chunks"])
+
+    def to_args(self) -> dict:
+        if self.url:
+            return {"payload_url": self.url}
+        if self.b64 is not None:
+            return {"payload_b64": self.b64}
+        return {"transfer": {"id": self.transfer_id, "chunks": self.chunks}}
+
+
+@dataclass
+class Installed:
+    manifest: Manifest
+    slot: str
+    path: Path
+    health: dict
+
+
+class Installer:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Any,
+        *,
+        emit: Emit,
+        progress: Callable[[dict], None] | None = None,
+        wait_transfer: Callable[[Any, Manifest], Path] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.staging = Staging(cfg.state_dir)
+        self.emit = emit
+        self._progress = progress or (lambda p: None)
+        self._wait_transfer = wait_transfer
+
+    def phase(self, phase: str, percent: float | None = None, **extra: Any) -> None:
+        p = {"phase": phase, **({"percent": round(percent, 1)} if percent is not None else {}), **extra}
+        self._progress(p)
+
+    # -- step 1: check ----------------------------------------------------------------------
+    def check(self, envelope: Any) -> Manifest:
+        ucfg = self.cfg.update
+        trusted = load_trusted_keys(list(ucfg.trusted_keys))
+        st = self.store.state()
+        highest = (st.high_water or {}).get(self.cfg.model.name) if st else None
+        m = verify_envelope(envelope, trusted=trusted, threshold=ucfg.threshold,
+                            model_name=self.cfg.model.name, highest_version=highest)
+        active = st.slots.get(st.active) if st else None
+        if m.kind == "delta":
+            if active is None or m.base.sha256 != active.sha256:
+                have = active.sha256[:12] if active else "nothing"
+                raise UpdateRejected("update.wrong_base",
+                                     f"delta base {m.base.sha256[:12]} (v{m.base.version}) is not the active model ({have})")
+        if m.payload.size > ucfg.max_payload_bytes:
+            raise UpdateRejected("update.too_large", f"payload {m.payload.size} bytes > max_payload_bytes {ucfg.max_payload_bytes}")
+        # room for the payload in staging and the target in the slot, with 1 MiB to spare
+        self.staging.check_space(m.payload.size + m.target.size + (1 << 20))
+        return m
+
+    # -- step 2: fetch ----------------------------------------------------------------------
+    def fetch(self, m: Manifest, src: PayloadSource) -> Path:
+        dest = self.staging.payload_path(m.payload.sha256)
+        if dest.exists():
+            return dest  # verified earlier (a resumed update)
+        if src.url:
+            def prog(p: dict) -> None:
+                self.phase("download", p.get("percent"), bytes=p.get("bytes"), total=p.get("total"))
+                self.emit("update.downloading", version=m.version, percent=p.get("percent"), bytes=p.get("bytes"))
+
+            return fetch_to_staging(src.url, dest=dest, expected_size=m.payload.size,
+                                    expected_sha256=m.payload.sha256, max_bytes=self.cfg.update.max_payload_bytes,
+                                    progress=prog)
+        if src.b64 is not None:
+            try:
+                data = base64.b64decode(src.b64, validate=True)
+            except (binascii.Error, ValueError):
+                raise UpdateRejected("update.malformed", "payload_b64: not valid base64") from None
+            return self.staging.store_bytes(data, expected_size=m.payload.size, expected_sha256=m.payload.sha256)
+        if self._wait_transfer is None:
+            raise CommandError("cmd.bad_args", "args.transfer: chunked transfer needs the MQTT transport")
+        return self._wait_transfer(src, m)
+
+    # -- steps 3-5: write, verify, health ---------------------------------------------------
+    def write(self, m: Manifest, payload: Path) -> tuple[str, Path]:
+        st = self.store.state()
+        slot = self.store.inactive_slot()
+        target = self.store.prepare_target(slot)  # marks the slot bad("installing") first
+        self.phase("write", 0.0, slot=slot)
+        if m.kind == "delta":
+            base = self.store.slot_path(st.active)
+            apply_delta(base, m.base.sha256, payload, target, target_sha256=m.target.sha256, target_size=m.target.size)
+        else:
+            copy_full(payload, target, target_sha256=m.target.sha256, target_size=m.target.size)
+        self.phase("write", 100.0, slot=slot)
+        return slot, target
+
+    def health(self, m: Manifest, target: Path, frames: list[np.ndarray]) -> health_mod.HealthResult:
+        self.phase("health")
+        mc = self.cfg.model
+        st = self.store.state()
+        baseline = str(self.store.slot_path(st.active)) if st and st.slots.get(st.active) else None
+        req = health_mod.HealthRequest(
+            candidate=str(target), baseline=baseline, frames_file="",
+            manifest_io=m.io, max_latency_factor=self.cfg.update.max_latency_factor,
+            max_latency_ms=(m.health.max_latency_ms if m.health else None),
+            backend=mc.backend, num_threads=mc.num_threads, input_mean=mc.input_mean, input_std=mc.input_std,
+        )
+        return health_mod.check(req, frames, timeout_s=self.cfg.update.health_timeout_s,
+                                workdir=self.staging.dir)
+
+    def run(self, envelope: Any, src: PayloadSource, frames: list[np.ndarray]) -> Installed:
+        """check -> fetch -> verify -> write -> verify target -> health. Raises on refusal."""
+        t0 = time.monotonic()
+        self.phase("check")
+        m = self.check(envelope)
+        self.emit("update.received", version=m.version, kind=m.kind, payload_size=m.payload.size)
+        payload = self.fetch(m, src)
+        self.emit("update.verified", version=m.version, sha256=m.payload.sha256)
+        slot, target = self.write(m, payload)
+        self.emit("update.applied", version=m.version, slot=slot, sha256=m.target.sha256)
+        res = self.health(m, target, frames)
+        hdict = res.to_dict()
+        if not res.ok:
+            self.store.mark_bad(slot, f"{res.code}: {res.reason}")
+            self.store.set_health(slot, hdict)
+            raise UpdateRejected("update.health_failed", f"{res.code}: {res.reason}")
+        self.store.record_installed(slot, model=m.model, version=m.version, sha256=m.target.sha256,
+                                    size=m.target.size, health=hdict)
+        self.staging.cleanup(keep=set())
+        log.info("v%s installed in slot %s in %.1f s (health: %s ms vs %s ms)", m.version, slot,
+                 time.monotonic() - t0, res.latency_ms, res.baseline_ms)
+        return Installed(m, slot, target, hdict)
+
