@@ -1,5 +1,239 @@
-"""placeholder: registered later."""
+"""`edgeagent top`: a live view of one device, like htop/jtop for the agent.
+
+Locally it polls `status` over the control socket and follows its event stream; with --mqtt it
+subscribes to the device's P/status, P/telemetry and P/events. Both feed one TopView, which
+renders with rich on a terminal and as plain lines in a pipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import queue
+import sys
+import threading
+import time
+from typing import Any, Iterator
+
+from edgeagent.cli.common import load_config
+
+SPARK = "▁▂▃▄▅▆▇█"
 
 
-def register(sub):
-    pass
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("top", help="live view of the device: model, fps, latency, power, thermal, events")
+    p.add_argument("--mqtt", metavar="HOST[:PORT]", help="watch a remote device through the broker")
+    p.add_argument("--device", help="device id (with --mqtt)")
+    p.add_argument("--topic-prefix", default="edgeagent/{device_id}")
+    p.add_argument("--interval", type=float, default=1.0, help="refresh seconds (default 1)")
+    p.add_argument("--count", type=int, default=0, help="stop after N refreshes (0 = until Ctrl-C)")
+    p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    p.set_defaults(func=cmd_top)
+
+
+def sparkline(values: list[float], width: int = 30) -> str:
+    vals = [v for v in values if v is not None][-width:]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    span = (hi - lo) or 1.0
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1)))] for v in vals)
+
+
+def _f(v: Any, nd: int = 1, unit: str = "") -> str:
+    return "-" if v is None else f"{v:.{nd}f}{unit}"
+
+
+class TopView:
+    """What top knows about the device; fed by telemetry, status and events."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.telemetry: dict = {}
+        self.model: dict = {}
+        self.state = "unknown"
+        self.update: dict | None = None
+        self.trial: dict | None = None
+        self.events: collections.deque = collections.deque(maxlen=8)
+        self.p50_history: collections.deque = collections.deque(maxlen=60)
+        self._last_seq = None
+
+    def on_telemetry(self, t: dict | None) -> None:
+        if not t or t.get("seq") == self._last_seq:
+            return
+        self._last_seq = t.get("seq")
+        self.telemetry = t
+        self.model = t.get("model") or self.model
+        self.p50_history.append(((t.get("inference") or {}).get("latency_ms") or {}).get("p50"))
+
+    def on_status(self, st: dict) -> None:
+        self.state = st.get("daemon") or st.get("state") or self.state
+        if st.get("model"):
+            self.model = {**self.model, **st["model"]}
+        self.update = st.get("update")
+        self.trial = st.get("trial")
+        self.on_telemetry(st.get("telemetry"))
+
+    def on_event(self, ev: dict) -> None:
+        if ev.get("event") in ("update.downloading",):
+            self.update = {"phase": "download", "percent": ev.get("percent")}
+        elif ev.get("event") in ("update.trial", "update.rejected", "update.committed", "update.rolled_back"):
+            self.update = None
+        if not self.events or self.events[-1] is not ev:
+            self.events.append(ev)
+
+    # -- rendering ---------------------------------------------------------------------------
+    def lines(self) -> list[str]:
+        t = self.telemetry
+        inf = t.get("inference") or {}
+        lat = inf.get("latency_ms") or {}
+        m = self.model
+        out = [
+            f"{self.device}  {self.state}  model {m.get('name', '-')} v{m.get('version', '-')} "
+            f"slot {m.get('slot', '-')}{'  TRIAL' if m.get('trial') or self.trial else ''}",
+            f"fps {_f(inf.get('fps'))}  inferences {inf.get('count', '-')}  errors {inf.get('errors', '-')}  "
+            f"deadline misses {inf.get('deadline_misses', '-')}",
+            f"latency ms  p50 {_f(lat.get('p50'), 2)}  p95 {_f(lat.get('p95'), 2)}  p99 {_f(lat.get('p99'), 2)}  "
+            f"max {_f(lat.get('max'), 2)}   {sparkline(list(self.p50_history))}",
+        ]
+        for stage in ("preprocess", "invoke", "postprocess"):
+            s = lat.get(stage) or {}
+            out.append(f"  {stage:<11} p50 {_f(s.get('p50'), 3)}  p99 {_f(s.get('p99'), 3)}")
+        power = t.get("power") or {}
+        rails = "  ".join(f"{k} {_f(v, 2, ' W')}" for k, v in (power.get("rails") or {}).items())
+        out.append(f"power {_f(power.get('total_w'), 2, ' W')} ({power.get('source', 'n/a')})  {rails}  "
+                   f"energy/inference {_f(t.get('energy_per_inference_mj'), 2, ' mJ')}")
+        thermal = "  ".join(f"{k} {_f(v, 1, '°C')}" for k, v in (t.get("thermal") or {}).items()) or "n/a"
+        out.append(f"thermal {thermal}")
+        thr = t.get("throttled")
+        if thr:
+            out.append(f"throttled now: {', '.join(thr.get('now') or []) or 'no'}  since boot: "
+                       f"{', '.join(thr.get('since_boot') or []) or 'no'}")
+        sysm = t.get("system") or {}
+        out.append(f"cpu {_f(sysm.get('cpu_percent'), 0, '%')} (agent {_f(sysm.get('agent_cpu_percent'), 0, '%')})  "
+                   f"mem {_f(sysm.get('mem_percent'), 0, '%')}  rss {_f(sysm.get('agent_rss_mb'), 1, ' MB')}  "
+                   f"load {_f(sysm.get('load1'), 2)}")
+        if self.update:
+            pct = self.update.get("percent")
+            bar = ""
+            if isinstance(pct, (int, float)):
+                n = int(pct / 100 * 30)
+                bar = "[" + "#" * n + "." * (30 - n) + f"] {pct:.0f}%"
+            out.append(f"update {self.update.get('phase', '')} {bar}")
+        out.append("events:")
+        for ev in list(self.events)[-6:]:
+            ts = time.strftime("%H:%M:%S", time.localtime(ev.get("ts", time.time())))
+            detail = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("event", "ts", "manifest", "missing"))
+            out.append(f"  {ts} {ev.get('event')} {detail}"[:160])
+        return out
+
+    def plain_line(self) -> str:
+        t = self.telemetry
+        inf = t.get("inference") or {}
+        lat = inf.get("latency_ms") or {}
+        power = t.get("power") or {}
+        m = self.model
+        return (f"{time.strftime('%H:%M:%S')} {self.device} {m.get('name', '-')} v{m.get('version', '-')} "
+                f"slot {m.get('slot', '-')} fps {_f(inf.get('fps'))} p50 {_f(lat.get('p50'), 2)} ms "
+                f"p99 {_f(lat.get('p99'), 2)} ms power {_f(power.get('total_w'), 2, ' W')}")
+
+    def renderable(self) -> Any:
+        from rich.panel import Panel
+        from rich.text import Text
+
+        return Panel(Text("\n".join(self.lines())), title=f"edgeagent top — {self.device}", border_style="cyan")
+
+
+# -- feeds ------------------------------------------------------------------------------------
+def _local_feed(cfg: Any, view: TopView, interval: float) -> Iterator[None]:
+    from edgeagent.control.client import ControlClient
+
+    evq: queue.Queue = queue.Queue()
+
+    def follow() -> None:
+        try:
+            with ControlClient(cfg.control.socket, timeout=None) as c:
+                for ev in c.events():
+                    evq.put(ev)
+        except Exception:  # noqa: BLE001 - the view goes on with polling
+            pass
+
+    threading.Thread(target=follow, daemon=True).start()
+    with ControlClient(cfg.control.socket, timeout=10) as c:
+        while True:
+            view.on_status(c.call("status"))
+            while not evq.empty():
+                view.on_event(evq.get())
+            yield
+            time.sleep(interval)
+
+
+def _mqtt_feed(args: argparse.Namespace, view: TopView) -> Iterator[None]:
+    import paho.mqtt.client as mqtt
+
+    prefix = args.topic_prefix.replace("{device_id}", args.device).rstrip("/")
+    host, _, port = args.mqtt.partition(":")
+    inbox: queue.Queue = queue.Queue()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.on_message = lambda cl, u, msg: inbox.put(msg)
+    c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe([(f"{prefix}/status", 1), (f"{prefix}/telemetry", 0), (f"{prefix}/events", 1)])
+    c.connect(host, int(port or 1883))
+    c.loop_start()
+    try:
+        while True:
+            deadline = time.monotonic() + args.interval
+            while time.monotonic() < deadline:
+                try:
+                    msg = inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                try:
+                    body = json.loads(msg.payload)
+                except ValueError:
+                    continue
+                if msg.topic.endswith("/telemetry"):
+                    view.on_telemetry(body)
+                elif msg.topic.endswith("/status"):
+                    view.on_status({"state": body.get("state"), "model": body.get("model")})
+                else:
+                    view.on_event(body)
+            yield
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    if args.mqtt:
+        if not args.device:
+            from edgeagent.errors import CommandError
+
+            raise CommandError("cmd.bad_args", "--mqtt needs --device")
+        view = TopView(args.device)
+        feed = _mqtt_feed(args, view)
+    else:
+        cfg = load_config(args)
+        view = TopView(cfg.device_id)
+        feed = _local_feed(cfg, view, args.interval)
+    live = sys.stdout.isatty() and not args.plain
+    n = 0
+    try:
+        if live:
+            from rich.live import Live
+
+            with Live(view.renderable(), refresh_per_second=4, screen=False) as lv:
+                for _ in feed:
+                    lv.update(view.renderable())
+                    n += 1
+                    if args.count and n >= args.count:
+                        break
+        else:
+            for _ in feed:
+                print(view.plain_line(), flush=True)
+                n += 1
+                if args.count and n >= args.count:
+                    break
+    except KeyboardInterrupt:
+        pass
+    return 0
