@@ -1,0 +1,250 @@
+"""The signed update manifest: a pure verifier, TUF style.
+
+`verify_envelope` takes untrusted bytes plus what the device already trusts (keys, threshold,
+its model name, the highest version it ever installed) and returns a typed, verified Manifest
+or raises UpdateRejected with a stable code. Signatures are checked before any field of
+`signed` is believed; nothing is written anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edgeagent.update.canonical import canonical_bytes
+from edgeagent.update.errors import UpdateRejected
+from edgeagent.update.keys import keyid
+
+MAX_ENVELOPE_BYTES = 64 * 1024
+TYPE = "edgeagent-update"
+SPEC_VERSION = 1
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_FILE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    version: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Target:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Payload:
+    sha256: str
+    size: int
+    format: str  # "bsdiff4" | "raw"
+    name: str
+
+
+@dataclass(frozen=True)
+class HealthOverrides:
+    probation_s: float | None = None
+    max_latency_ms: float | None = None
+    min_inferences: int | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: str
+    version: int
+    created: str
+    expires: str
+    kind: str  # "delta" | "full"
+    base: BaseRef | None
+    target: Target
+    payload: Payload
+    health: HealthOverrides | None
+    io: dict | None
+    signed: dict
+
+
+def _bad(msg: str) -> UpdateRejected:
+    return UpdateRejected("update.malformed", msg)
+
+
+def _obj(d: Any, path: str, required: set[str], optional: set[str] = frozenset()) -> dict:
+    if not isinstance(d, dict):
+        raise _bad(f"{path}: expected an object")
+    missing = required - set(d)
+    if missing:
+        raise _bad(f"{path}.{sorted(missing)[0]}: required")
+    extra = set(d) - required - set(optional)
+    if extra:
+        raise _bad(f"{path}.{sorted(extra)[0]}: unknown field")
+    return d
+
+
+def _int(v: Any, path: str, lo: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise _bad(f"{path}: expected integer >= {lo}")
+    return v
+
+
+def _num(v: Any, path: str, lo: float = 0, strict: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (strict and v == lo):
+        raise _bad(f"{path}: expected number {'>' if strict else '>='} {lo}")
+    return float(v)
+
+
+def _str(v: Any, path: str, pattern: re.Pattern, what: str) -> str:
+    if not isinstance(v, str) or not pattern.match(v):
+        raise _bad(f"{path}: expected {what}")
+    return v
+
+
+def _time(v: Any, path: str) -> datetime:
+    _str(v, path, _TIME, "RFC 3339 UTC time YYYY-MM-DDTHH:MM:SSZ")
+    try:
+        return datetime.strptime(v, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise _bad(f"{path}: not a valid date") from None
+
+
+def _io(v: Any, path: str) -> dict:
+    d = _obj(v, path, {"inputs", "outputs"})
+    for side in ("inputs", "outputs"):
+        if not isinstance(d[side], list) or not d[side]:
+            raise _bad(f"{path}.{side}: expected a non-empty list")
+        for i, t in enumerate(d[side]):
+            t = _obj(t, f"{path}.{side}[{i}]", {"shape", "dtype"}, {"name"})
+            if not isinstance(t["shape"], list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= -1 for x in t["shape"]):
+                raise _bad(f"{path}.{side}[{i}].shape: expected a list of integers")
+            if not isinstance(t["dtype"], str):
+                raise _bad(f"{path}.{side}[{i}].dtype: expected a string")
+    return d
+
+
+def parse_signed(s: Any) -> Manifest:
+    """Strict schema of `signed` (only called on signature-verified data)."""
+    s = _obj(s, "signed", {"_type", "spec_version", "model", "version", "created", "expires", "kind", "target", "payload"},
+             {"base", "health", "io"})
+    if s["_type"] != TYPE:
+        raise _bad(f"signed._type: expected {TYPE!r}")
+    if s["spec_version"] != SPEC_VERSION or isinstance(s["spec_version"], bool):
+        raise _bad(f"signed.spec_version: expected {SPEC_VERSION}")
+    model = _str(s["model"], "signed.model", _NAME, "a name matching [A-Za-z0-9._-]{1,64}")
+    version = _int(s["version"], "signed.version", 1)
+    _time(s["created"], "signed.created")
+    _time(s["expires"], "signed.expires")
+    kind = s["kind"]
+    if kind not in ("delta", "full"):
+        raise _bad("signed.kind: expected \"delta\" or \"full\"")
+    base = None
+    if kind == "delta":
+        if "base" not in s:
+            raise _bad("signed.base: required for a delta")
+        b = _obj(s["base"], "signed.base", {"version", "sha256"})
+        base = BaseRef(_int(b["version"], "signed.base.version", 1), _str(b["sha256"], "signed.base.sha256", _HEX64, "64 lower-case hex digits"))
+    elif "base" in s:
+        raise _bad("signed.base: not allowed for a full update")
+    t = _obj(s["target"], "signed.target", {"sha256", "size"})
+    target = Target(_str(t["sha256"], "signed.target.sha256", _HEX64, "64 lower-case hex digits"), _int(t["size"], "signed.target.size", 1))
+    p = _obj(s["payload"], "signed.payload", {"sha256", "size", "format", "name"})
+    fmt = p["format"]
+    if fmt not in ("bsdiff4", "raw"):
+        raise _bad("signed.payload.format: expected \"bsdiff4\" or \"raw\"")
+    if (kind == "delta") != (fmt == "bsdiff4"):
+        raise _bad("signed.payload.format: a delta is bsdiff4, a full update is raw")
+    name = p["name"]
+    if not isinstance(name, str) or not _FILE.match(name) or name in (".", ".."):
+        raise _bad("signed.payload.name: expected a plain file name")
+    payload = Payload(_str(p["sha256"], "signed.payload.sha256", _HEX64, "64 lower-case hex digits"),
+                      _int(p["size"], "signed.payload.size", 1), fmt, name)
+    health = None
+    if "health" in s:
+        h = _obj(s["health"], "signed.health", set(), {"probation_s", "max_latency_ms", "min_inferences"})
+        health = HealthOverrides(
+            _num(h["probation_s"], "signed.health.probation_s") if "probation_s" in h else None,
+            _num(h["max_latency_ms"], "signed.health.max_latency_ms", strict=True) if "max_latency_ms" in h else None,
+            _int(h["min_inferences"], "signed.health.min_inferences") if "min_inferences" in h else None,
+        )
+    io = _io(s["io"], "signed.io") if "io" in s else None
+    return Manifest(model, version, s["created"], s["expires"], kind, base, target, payload, health, io, s)
+
+
+def _check_signatures(env: dict, trusted: dict[str, Ed25519PublicKey], threshold: int) -> None:
+    sigs = env["signatures"]
+    if not isinstance(sigs, list) or not sigs:
+        raise _bad("signatures: expected a non-empty list")
+    try:
+        msg = canonical_bytes(env["signed"])
+    except ValueError as e:
+        raise _bad(str(e)) from None
+    valid: set[str] = set()
+    bad_trusted = 0
+    for i, sig in enumerate(sigs):
+        sig = _obj(sig, f"signatures[{i}]", {"keyid", "sig"})
+        kid = sig["keyid"]
+        if not isinstance(kid, str) or not isinstance(sig["sig"], str):
+            raise _bad(f"signatures[{i}]: keyid and sig must be strings")
+        key = trusted.get(kid)
+        if key is None:
+            continue
+        try:
+            raw = base64.b64decode(sig["sig"], validate=True)
+            key.verify(raw, msg)
+        except (InvalidSignature, binascii.Error, ValueError):
+            bad_trusted += 1
+            continue
+        valid.add(kid)
+    if len(valid) >= threshold:
+        return
+    if bad_trusted:
+        raise UpdateRejected("update.bad_signature", f"{bad_trusted} signature(s) from trusted keys do not verify")
+    if not valid:
+        raise UpdateRejected("update.unknown_key", "no signature is from a trusted key")
+    raise UpdateRejected("update.threshold", f"{len(valid)} valid signature(s) from trusted keys, {threshold} needed")
+
+
+def verify_envelope(raw: bytes | str | dict, *, trusted: dict[str, Ed25519PublicKey], threshold: int,
+                    model_name: str, highest_version: int | None, now: datetime | None = None) -> Manifest:
+    """Untrusted envelope + what we trust -> a verified Manifest, or UpdateRejected."""
+    if isinstance(raw, (bytes, str)):
+        if len(raw) > MAX_ENVELOPE_BYTES:
+            raise _bad(f"manifest is {len(raw)} bytes, limit {MAX_ENVELOPE_BYTES}")
+        try:
+            env = json.loads(raw)
+        except ValueError as e:
+            raise _bad(f"manifest is not JSON: {e}") from None
+    else:
+        env = raw
+        if len(json.dumps(env, default=str)) > MAX_ENVELOPE_BYTES:
+            raise _bad(f"manifest is larger than {MAX_ENVELOPE_BYTES} bytes")
+    env = _obj(env, "envelope", {"signed", "signatures"})
+    if not isinstance(env["signed"], dict):
+        raise _bad("signed: expected an object")
+    _check_signatures(env, trusted, threshold)
+    m = parse_signed(env["signed"])
+    if m.model != model_name:
+        raise UpdateRejected("update.wrong_model", f"manifest is for model {m.model!r}, this device runs {model_name!r}")
+    now = now or datetime.now(timezone.utc)
+    if _time(m.expires, "signed.expires") <= now:
+        raise UpdateRejected("update.expired", f"manifest expired at {m.expires}")
+    if highest_version is not None:
+        if m.version < highest_version:
+            raise UpdateRejected("update.downgrade", f"version {m.version} is below the highest installed, {highest_version}")
+        if m.version == highest_version:
+            raise UpdateRejected("update.replay", f"version {m.version} is already installed")
+    return m
+
+
+def sign_envelope(signed: dict, keys: list[Ed25519PrivateKey]) -> dict:
+    msg = canonical_bytes(signed)
+    return {"signed": signed, "signatures": [
+        {"keyid": keyid(k.public_key()), "sig": base64.b64encode(k.sign(msg)).decode()} for k in keys]}
