@@ -1,5 +1,129 @@
-"""placeholder: registered later."""
+"""The publisher's commands: `keygen`, `release`, `verify`."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from edgeagent.cli.common import add_json, emit_json, human_size
+from edgeagent.errors import EdgeAgentError
 
 
-def register(sub):
-    pass
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keygen", help="make an Ed25519 signing key pair")
+    p.add_argument("--out", required=True, help="directory for edgeagent.key and edgeagent.pub")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("release", help="build and sign an update bundle (delta when smaller)")
+    p.add_argument("--key", action="append", required=True, help="private key (repeat to sign with several)")
+    p.add_argument("--target", required=True, help="the new model (.tflite)")
+    p.add_argument("--base", help="the model devices run now, for a delta")
+    p.add_argument("--base-version", type=int, help="version of --base (default: version - 1)")
+    p.add_argument("--model", required=True, help="model name (devices refuse other names)")
+    p.add_argument("--version", type=int, required=True)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--full", action="store_true", help="always ship the full model")
+    p.add_argument("--expires-days", type=int, default=365)
+    p.add_argument("--probation-s", type=int, help="health override: probation seconds")
+    p.add_argument("--min-inferences", type=int, help="health override: inferences before commit")
+    p.add_argument("--max-latency-ms", type=int, help="health override: latency limit")
+    add_json(p)
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("verify", help="check a bundle offline and say what is wrong")
+    p.add_argument("manifest")
+    p.add_argument("--payload", help="payload file to check against the manifest")
+    p.add_argument("--pubkey", action="append", required=True, help="trusted public key (repeatable)")
+    p.add_argument("--threshold", type=int, default=1)
+    p.add_argument("--model", help="expected model name (default: the manifest's)")
+    p.add_argument("--base", help="for a delta: the base model, to check the patch result too")
+    add_json(p)
+    p.set_defaults(func=cmd_verify)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from edgeagent.update.keys import generate_keypair
+
+    kid = generate_keypair(args.out)
+    print(f"wrote {Path(args.out) / 'edgeagent.key'} (keep it secret) and {Path(args.out) / 'edgeagent.pub'}")
+    print(f"key id {kid}")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from edgeagent.update.release import make_release
+
+    health = {k: v for k, v in (("probation_s", args.probation_s), ("min_inferences", args.min_inferences),
+                                ("max_latency_ms", args.max_latency_ms)) if v is not None}
+    progress = None
+    if sys.stderr.isatty() and not args.json:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task("release", total=100)
+        progress = lambda phase, pct: bar.update(task, description=phase, completed=pct)  # noqa: E731
+    try:
+        r = make_release(keys=args.key, target=Path(args.target), base=Path(args.base) if args.base else None,
+                         model=args.model, version=args.version, out_dir=Path(args.out), force_full=args.full,
+                         expires_days=args.expires_days, health=health or None, base_version=args.base_version,
+                         progress=progress)
+    finally:
+        if progress:
+            bar.stop()
+    if args.json:
+        emit_json(r)
+        return 0
+    ratio = 100.0 * r["payload_size"] / r["target_size"]
+    print(f"{r['kind']} payload {r['payload']} ({human_size(r['payload_size'])}, {ratio:.1f}% of the "
+          f"{human_size(r['target_size'])} model)")
+    print(f"manifest {r['manifest']} signed by {len(r['keyids'])} key(s)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import bsdiff4
+
+    from edgeagent.update.errors import UpdateRejected
+    from edgeagent.update.keys import load_trusted_keys
+    from edgeagent.update.manifest import verify_envelope
+
+    mpath = Path(args.manifest)
+    try:
+        raw = mpath.read_bytes()
+    except OSError as e:
+        raise EdgeAgentError("cmd.bad_args", f"{mpath}: {e.strerror}") from None
+    try:
+        name = args.model or json.loads(raw)["signed"]["model"]
+    except (ValueError, KeyError, TypeError):
+        name = args.model or ""
+    m = verify_envelope(raw, trusted=load_trusted_keys(args.pubkey), threshold=args.threshold,
+                        model_name=name, highest_version=None)
+    checks = ["signatures", "schema", "expiry"]
+    if args.payload:
+        data = Path(args.payload).read_bytes()
+        if len(data) != m.payload.size:
+            raise UpdateRejected("update.payload_size", f"{args.payload}: {len(data)} bytes, manifest says {m.payload.size}")
+        if hashlib.sha256(data).hexdigest() != m.payload.sha256:
+            raise UpdateRejected("update.payload_hash", f"{args.payload}: sha256 differs from the manifest")
+        checks.append("payload")
+        if args.base and m.kind == "delta":
+            old = Path(args.base).read_bytes()
+            if hashlib.sha256(old).hexdigest() != m.base.sha256:
+                raise UpdateRejected("update.wrong_base", f"{args.base}: not the delta's base")
+            try:
+                new = bsdiff4.patch(old, data)
+            except Exception as e:  # noqa: BLE001
+                raise UpdateRejected("update.bad_patch", str(e)) from None
+            if hashlib.sha256(new).hexdigest() != m.target.sha256 or len(new) != m.target.size:
+                raise UpdateRejected("update.target_hash", "the patch result differs from the manifest's target")
+            checks.append("target")
+    result = {"ok": True, "model": m.model, "version": m.version, "kind": m.kind, "expires": m.expires, "checked": checks}
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"OK {m.model} v{m.version} ({m.kind}), expires {m.expires}; checked {', '.join(checks)}")
+    return 0

@@ -54,7 +54,7 @@ def _health_text(h: Any) -> str:
         return "-"
     if h.get("ok"):
         lat = h.get("latency_ms")
-        return f"ok {lat:.2f} ms" if isinstance(lat, (int, float)) else "ok"
+        return f"ok {lat:.3f} ms" if isinstance(lat, (int, float)) else "ok"
     return h.get("code") or "failed"
 
 

@@ -1,0 +1,97 @@
+"""The publisher side: build and sign an update bundle (manifest + payload).
+
+A bsdiff4 delta from the base is used only when it is smaller than the full model; otherwise
+the payload is the full model. The manifest is signed by one or more keys (key rotation: sign
+with the old and the new key until every device trusts the new one, then retire the old).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+import bsdiff4
+
+from edgeagent.errors import EdgeAgentError
+from edgeagent.state.atomic import atomic_write, atomic_write_json
+from edgeagent.update.keys import load_private_key
+from edgeagent.update.manifest import SPEC_VERSION, TYPE, _NAME, parse_signed, sign_envelope
+
+Progress = Callable[[str, float], None]
+
+
+def _sha256(path: Path, progress: Progress | None, phase: str) -> tuple[str, int]:
+    h = hashlib.sha256()
+    total = path.stat().st_size
+    done = 0
+    with open(path, "rb") as fh:
+        for b in iter(lambda: fh.read(1 << 20), b""):
+            h.update(b)
+            done += len(b)
+            if progress:
+                progress(phase, 100.0 * done / max(total, 1))
+    return h.hexdigest(), total
+
+
+def _ts(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_release(*, keys: list[str], target: Path, base: Path | None, model: str, version: int, out_dir: Path,
+                 force_full: bool = False, expires_days: int = 365, health: dict | None = None,
+                 io: dict | None = None, base_version: int | None = None,
+                 progress: Progress | None = None) -> dict:
+    """Write the payload and the signed manifest into out_dir; return a summary dict."""
+    if not _NAME.match(model):
+        raise EdgeAgentError("release.bad_args", f"--model {model!r}: must match [A-Za-z0-9._-]{{1,64}}")
+    if version < 1:
+        raise EdgeAgentError("release.bad_args", "--version must be >= 1")
+    signers = [load_private_key(k) for k in keys]
+    target, out_dir = Path(target), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tsha, tsize = _sha256(target, progress, "hash")
+    kind, fmt, data = "full", "raw", None
+    signed_base = None
+    if base is not None and not force_full:
+        bsha, _ = _sha256(Path(base), progress, "hash base")
+        if progress:
+            progress("diff", 0.0)
+        delta = bsdiff4.diff(Path(base).read_bytes(), target.read_bytes())
+        if progress:
+            progress("diff", 100.0)
+        if len(delta) < tsize:
+            kind, fmt, data = "delta", "bsdiff4", delta
+            signed_base = {"version": base_version if base_version is not None else version - 1, "sha256": bsha}
+            if signed_base["version"] < 1:
+                raise EdgeAgentError("release.bad_args", "--base-version must be >= 1")
+    name = f"{model}-{version}.{'bsdiff4' if kind == 'delta' else 'tflite'}"
+    payload_path = out_dir / name
+    if data is None:
+        data = target.read_bytes()
+    if progress:
+        progress("write", 0.0)
+    atomic_write(payload_path, data)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    signed = {
+        "_type": TYPE, "spec_version": SPEC_VERSION, "model": model, "version": version,
+        "created": _ts(now), "expires": _ts(now + timedelta(days=expires_days)), "kind": kind,
+        "target": {"sha256": tsha, "size": tsize},
+        "payload": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "format": fmt, "name": name},
+    }
+    if signed_base:
+        signed["base"] = signed_base
+    if health:
+        signed["health"] = health
+    if io:
+        signed["io"] = io
+    parse_signed(signed)  # never publish what a device would refuse as malformed
+    manifest_path = out_dir / f"{model}-{version}.manifest.json"
+    atomic_write_json(manifest_path, sign_envelope(signed, signers))
+    if progress:
+        progress("write", 100.0)
+    return {"manifest": str(manifest_path), "payload": str(payload_path), "kind": kind,
+            "payload_size": len(data), "target_size": tsize, "target_sha256": tsha, "version": version,
+            "keyids": [s["keyid"] for s in __import__("json").loads(manifest_path.read_text())["signatures"]]}
