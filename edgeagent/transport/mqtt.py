@@ -1,0 +1,276 @@
+"""The MQTT transport: one object owns the paho client, its network thread and its reconnects.
+
+Like aiomqtt, the application never touches the connection: it publishes through methods that
+never block (the inference loop must not wait on the network), and it gets commands through a
+callback that only enqueues (the dispatcher runs them on its own thread, never on this one).
+While the broker is away, events and replies wait in a bounded outbox (oldest dropped first,
+and counted) and only the newest telemetry is kept; on reconnect the birth message goes first,
+then the outbox in order.
+
+Reconnects use capped exponential backoff with full jitter, so a fleet that lost its broker
+does not come back in lock-step. Every failed attempt is one clear log line.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgeagent.config import MqttConfig
+from edgeagent.errors import ConfigError
+
+log = logging.getLogger("edgeagent.mqtt")
+
+OnCommand = Callable[[bytes, Callable[[dict], None]], None]
+OnChunk = Callable[[str, int, bytes], None]
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+
+class MqttTransport:
+    def __init__(self, cfg: MqttConfig, *, device_id: str, topic_prefix: str, groups: list[str], agent_version: str,
+                 on_command: OnCommand, on_chunk: OnChunk | None = None,
+                 on_connection: Callable[[bool, str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.prefix = topic_prefix
+        self.groups = list(groups)
+        self.agent_version = agent_version
+        self._on_command = on_command
+        self._on_chunk = on_chunk
+        self._on_connection = on_connection
+        self.v5 = cfg.protocol == "5"
+        self._lock = threading.Lock()
+        self._connected = False
+        self._outbox: collections.deque = collections.deque()
+        self._telemetry: bytes | None = None
+        self._dropped = 0
+        self._dropped_total = 0
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self._birth_model: dict = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client = self._make_client(device_id)
+
+    # -- setup --------------------------------------------------------------------------------
+    def _make_client(self, device_id: str) -> mqtt.Client:
+        cfg = self.cfg
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id or f"edgeagent-{device_id}",
+                        protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311)
+        c.will_set(f"{self.prefix}/status", _dumps({"state": "offline", "reason": "lost"}), qos=1, retain=True)
+        if cfg.tls.ca or cfg.tls.cert:
+            try:
+                c.tls_set(ca_certs=cfg.tls.ca or None, certfile=cfg.tls.cert or None, keyfile=cfg.tls.key or None,
+                          cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError, ValueError) as e:
+                raise ConfigError("config.invalid", f"mqtt.tls: {e}") from None
+        if cfg.username:
+            password = None
+            if cfg.password_file:
+                try:
+                    password = Path(cfg.password_file).read_text().rstrip("\r\n")
+                except OSError as e:
+                    raise ConfigError("config.invalid", f"mqtt.password_file {cfg.password_file}: {e.strerror}") from None
+            c.username_pw_set(cfg.username, password)
+        c.on_connect = self._handle_connect
+        c.on_disconnect = self._handle_disconnect
+        c.on_message = self._handle_message
+        c.max_queued_messages_set(0)
+        return c
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
+
+    def stop(self, reason: str = "shutdown", timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._lock:
+            connected = self._connected
+        if connected:
+            try:
+                info = self._client.publish(f"{self.prefix}/status", _dumps({"state": "offline", "reason": reason,
+                                                                             "ts": round(time.time(), 3)}), qos=1, retain=True)
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as e:
+                log.warning("mqtt: could not publish the offline status: %s", e)
+            self._client.disconnect()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def _run(self) -> None:
+        cfg = self.cfg
+        delay = cfg.reconnect_min_s
+        first = True
+        while not self._stop.is_set():
+            try:
+                if first:
+                    self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive)
+                    first = False
+                else:
+                    self._client.reconnect()
+            except (OSError, ssl.SSLError, ValueError, mqtt.WebsocketConnectionError) as e:
+                wait = random.uniform(0, delay)  # full jitter
+                self.last_error = str(e) or type(e).__name__
+                log.warning("mqtt: connect to %s:%s failed: %s; retry in %.1f s", cfg.host, cfg.port, self.last_error, wait)
+                delay = min(delay * 2, cfg.reconnect_max_s)
+                self._stop.wait(wait)
+                continue
+            # the TCP (and TLS) connection is up; CONNACK and traffic are handled by loop()
+            while not self._stop.is_set():
+                rc = self._client.loop(timeout=0.2)
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    break
+            if self._connected:
+                delay = cfg.reconnect_min_s  # we had a working session: start the backoff afresh
+            self._set_connected(False, "connection lost")
+            if not self._stop.is_set():
+                self.reconnects += 1
+                wait = random.uniform(0, delay)
+                delay = min(delay * 2, cfg.reconnect_max_s)
+                self._stop.wait(wait)
+        # drain what stop() queued (the offline status) before the thread ends
+        for _ in range(10):
+            if self._client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break
+
+    def _set_connected(self, up: bool, why: str) -> None:
+        with self._lock:
+            changed = self._connected != up
+            self._connected = up
+        if changed and self._on_connection:
+            try:
+                self._on_connection(up, why)
+            except Exception:  # noqa: BLE001
+                log.exception("connection callback failed")
+
+    # -- paho callbacks (network thread) ---------------------------------------------------------
+    def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        if rc.is_failure:
+            self.last_error = f"broker refused the connection: {rc}"
+            log.warning("mqtt: %s", self.last_error)
+            client.disconnect()
+            return
+        qos = self.cfg.qos
+        topics = [(f"{self.prefix}/cmd", qos), (f"{self.prefix}/transfer/+/+", qos)]
+        topics += [(f"edgeagent/group/{g}/cmd", qos) for g in self.groups]
+        client.subscribe(topics)
+        client.publish(f"{self.prefix}/status", self._birth(), qos=1, retain=True)
+        with self._lock:
+            while self._outbox:
+                topic, payload, q, retain, props_ = self._outbox.popleft()
+                client.publish(topic, payload, qos=q, retain=retain, properties=props_)
+            if self._telemetry is not None:
+                client.publish(f"{self.prefix}/telemetry", self._telemetry, qos=0)
+                self._telemetry = None
+            self._connected = True
+        self.last_error = None
+        log.info("mqtt: connected to %s:%s (MQTT %s)", self.cfg.host, self.cfg.port, self.cfg.protocol)
+        if self._on_connection:
+            self._on_connection(True, "connected")
+
+    def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        if not self._stop.is_set():
+            log.warning("mqtt: disconnected (%s)", rc)
+        self._set_connected(False, str(rc))
+
+    def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        topic = msg.topic
+        if topic.startswith(f"{self.prefix}/transfer/"):
+            parts = topic[len(self.prefix) + 10:].split("/")
+            if len(parts) != 2 or not parts[1].isdigit() or self._on_chunk is None:
+                log.debug("mqtt: ignoring %s", topic)
+                return
+            self._on_chunk(parts[0], int(parts[1]), bytes(msg.payload))
+            return
+        reply = self._reply_fn(msg)
+        if len(msg.payload) > self.cfg.max_message_bytes:
+            log.warning("mqtt: command of %d bytes on %s refused (limit %d)", len(msg.payload), topic,
+                        self.cfg.max_message_bytes)
+            reply({"id": None, "ok": False, "error": {"code": "cmd.too_large",
+                                                      "message": f"command is {len(msg.payload)} bytes, limit {self.cfg.max_message_bytes}"}})
+            return
+        self._on_command(bytes(msg.payload), reply)  # enqueue only: the dispatcher works elsewhere
+
+    def _reply_fn(self, msg: mqtt.MQTTMessage) -> Callable[[dict], None]:
+        topic = f"{self.prefix}/cmd/reply"
+        props = None
+        p = getattr(msg, "properties", None)
+        if self.v5 and p is not None and getattr(p, "ResponseTopic", None):
+            topic = p.ResponseTopic
+            props = Properties(PacketTypes.PUBLISH)
+            if getattr(p, "CorrelationData", None) is not None:
+                props.CorrelationData = p.CorrelationData
+
+        def reply(obj: dict) -> None:
+            self._send(topic, _dumps(obj), self.cfg.qos, False, props)
+
+        return reply
+
+    def _birth(self) -> bytes:
+        return _dumps({"state": "online", "agent": self.agent_version, "model": self._birth_model,
+                       "ts": round(time.time(), 3)})
+
+    # -- publishing (any thread, never blocks) -------------------------------------------------
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool, props: Any = None) -> None:
+        with self._lock:
+            if self._connected:
+                info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+                if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                    return
+            if qos == 0 and not retain:
+                return  # fire-and-forget data (model outputs) is not worth queueing
+            if len(self._outbox) >= self.cfg.max_queued:
+                self._outbox.popleft()
+                self._dropped += 1
+                self._dropped_total += 1
+            self._outbox.append((topic, payload, qos, retain, props))
+
+    def set_birth_info(self, model: dict) -> None:
+        self._birth_model = dict(model)
+        if self._connected:
+            self._send(f"{self.prefix}/status", self._birth(), 1, True)
+
+    def publish_event(self, event: dict) -> None:
+        self._send(f"{self.prefix}/events", _dumps(event), self.cfg.qos, False)
+
+    def publish_telemetry(self, payload: dict) -> None:
+        data = _dumps(payload)
+        with self._lock:
+            if not self._connected:
+                if self._telemetry is not None:
+                    self._dropped += 1
+                    self._dropped_total += 1
+                self._telemetry = data  # while offline only the newest is worth sending
+                return
+        self._send(f"{self.prefix}/telemetry", data, 0, False)
+
+    def publish(self, subtopic: str, payload: dict | bytes, *, qos: int | None = None, retain: bool = False) -> None:
+        data = payload if isinstance(payload, (bytes, bytearray)) else _dumps(payload)
+        self._send(f"{self.prefix}/{subtopic}", bytes(data), self.cfg.qos if qos is None else qos, retain)
+
+    def take_dropped(self) -> int:
+        with self._lock:
+            n, self._dropped = self._dropped, 0
+        return n
+
+    def stats(self) -> dict:
+        return {"connected": self._connected, "queued": len(self._outbox), "dropped": self._dropped_total,
+                "reconnects": self.reconnects, "last_error": self.last_error}
