@@ -23,7 +23,7 @@ def start_daemon(tmp_path: Path, model_path: Path):
     started: list[Daemon] = []
 
     def start(wait_ready: bool = True, env: dict | None = None, name: str = "daemon", **over) -> Daemon:
-        d = Daemon(tmp_path, base_config(tmp_path, over.pop("model", model_path), **over), name=name)
+        d = Daemon(tmp_path, base_config(tmp_path, over.pop("model_file", model_path), **over), name=name)
         started.append(d)
         return d.start(wait_ready=wait_ready, env=env)
 

@@ -81,8 +81,9 @@ class ControlServer:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(2.0)
-        if self._sock is not None:
-            self._sock.close()
+        if self._sock is None:
+            return  # never bound: the path may belong to another daemon
+        self._sock.close()
         try:
             self.path.unlink()
         except OSError:

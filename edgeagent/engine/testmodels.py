@@ -206,6 +206,29 @@ def _counter_guard(mb: _ModelBuilder, g: _Graph, y: int, n_out: int, after: int)
     return out
 
 
+def _busy_loop(mb: _ModelBuilder, g: _Graph, iterations: int) -> int:
+    """A WHILE loop of `iterations` steps before the head: an invoke that hangs for minutes."""
+    cond, body = _Graph(mb), _Graph(mb)
+    ci = cond.tensor("i", [1], "int32")
+    cond.inputs = [ci]
+    co = cond.tensor("go", [1], "bool")
+    cond.op(S.BuiltinOperator.LESS, [ci, cond.const("n", np.array([iterations], np.int32))], [co])
+    cond.outputs = [co]
+    bi = body.tensor("i", [1], "int32")
+    body.inputs = [bi]
+    bo = body.tensor("i_next", [1], "int32")
+    body.op(S.BuiltinOperator.ADD, [bi, body.const("one", np.array([1], np.int32))], [bo],
+            S.BuiltinOptions.AddOptions, S.AddOptionsT())
+    body.outputs = [bo]
+    mb._extra_graphs = [cond, body]  # type: ignore[attr-defined]
+    out = g.tensor("while/out", [1], "int32")
+    wo = S.WhileOptionsT()
+    wo.condSubgraphIndex, wo.bodySubgraphIndex = 1, 2
+    g.op(S.BuiltinOperator.WHILE, [g.const("while/start", np.zeros([1], np.int32))], [out],
+         S.BuiltinOptions.WhileOptions, wo)
+    return out
+
+
 def build_model(
     *,
     kind: str = "dense",
@@ -219,6 +242,8 @@ def build_model(
     huge: bool = False,
     version_tag: int = 0,
     nan_after: int = 0,
+    filters: int = 8,
+    hang: bool = False,
 ) -> bytes:
     """The bytes of a .tflite model; see write_model."""
     shape = tuple(int(d) for d in input_shape)
@@ -229,7 +254,7 @@ def build_model(
     if kind == "conv":
         if len(shape) != 4:
             raise ValueError("conv models take an NHWC input_shape")
-        feat, n = _conv_features(g, x, shape, rng)
+        feat, n = _conv_features(g, x, shape, rng, filters)
     elif kind == "dense":
         feat, n = _flatten(g, x, shape)
     else:
@@ -263,6 +288,10 @@ def build_model(
         feat2 = g.tensor("gather/feat", [1, n])
         g.op(S.BuiltinOperator.ADD, [feat, gathered], [feat2], S.BuiltinOptions.AddOptions, S.AddOptionsT())
         feat = feat2
+    if hang:
+        if nan_after:
+            raise ValueError("hang and nan_after cannot be combined")
+        _busy_loop(mb, g, 2_000_000_000)
     y = _fc(g, feat, n, outputs, rng, "head", bias_shift=version_tag * 1e-3, nan=nan)
     if nan_after:
         y = _counter_guard(mb, g, y, outputs, nan_after)
@@ -273,6 +302,8 @@ def build_model(
     init = getattr(mb, "_init_graph", None)
     if init is not None:
         graphs.append(init.build("init"))
+    for i, extra in enumerate(getattr(mb, "_extra_graphs", [])):
+        graphs.append(extra.build(f"while{i}"))
     return mb.finish(graphs)
 
 
@@ -284,7 +315,8 @@ def write_model(path: str | Path, **kw) -> Path:
     nan: NaN outputs for every input; slow=N: 4N extra 1024x1024 layers (N=1 is ~100x slower
     than a small dense model); fail_at_invoke: loads and allocates, raises at invoke;
     huge: needs a 4 GiB arena at allocate_tensors; version_tag: shifts the head's bias by
-    tag/1000, so versions differ in a few bytes; nan_after=K: finite for K invokes, NaN after.
+    tag/1000, so versions differ in a few bytes; nan_after=K: finite for K invokes, NaN after;
+    filters: conv output channels; hang: a WHILE loop of 2e9 steps inside invoke (a hung model).
     """
     p = Path(path)
     p.write_bytes(build_model(**kw))

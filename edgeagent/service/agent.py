@@ -37,8 +37,6 @@ from edgeagent.telemetry.collector import TelemetryCollector
 
 log = logging.getLogger("edgeagent")
 
-READY_TIMEOUT_S = 60.0
-
 
 def _fmt(v: Any, unit: str = "", nd: int = 1) -> str:
     return "-" if v is None else f"{v:.{nd}f}{unit}"
@@ -139,6 +137,10 @@ class Agent:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.config
+        # Bind the control socket first: a second daemon on the same state must stop here,
+        # before it touches state.json. Commands queue until the dispatcher starts below.
+        self.control = ControlServer(cfg.control.socket, self.dispatcher, self.events)
+        self.control.start()
         model = self._boot_model()
         source = ResilientSource(make_source(cfg.input, model.inputs[0]), on_state=self._on_input_state)
         source.open()
@@ -153,18 +155,27 @@ class Agent:
         self.updater = UpdateManager(self)
         self.updater.register(self.dispatcher)
         self.dispatcher.start()
-        self.control = ControlServer(cfg.control.socket, self.dispatcher, self.events)
-        self.control.start()
         if cfg.mqtt.host:
             self._start_transport()
         self.loop.start()
-        if not self.loop.first_frame.wait(READY_TIMEOUT_S):
-            log.warning("no frame inferred after %.0f s (input down?); reporting ready anyway", READY_TIMEOUT_S)
         self.updater.resume(self.boot_plan)
-        self.notifier.ready(self._status_line())
         log.info("serving %s v%s from slot %s (%s backend, input %s at %s Hz)",
                  self.model_info["name"], self.model_info["version"], self.model_info["slot"],
                  model.backend, cfg.input.source, cfg.input.rate_hz)
+
+    def _check_ready(self) -> bool:
+        """READY=1 once the model serves: the first frame went through. With the input down
+        (camera unplugged at boot) the model is loaded and the loop alive, so we are as ready as
+        the input allows: report it rather than have systemd kill a daemon that would recover."""
+        assert self.loop is not None
+        if self.loop.first_frame.is_set():
+            self.notifier.ready(self._status_line())
+            return True
+        if self.loop.input_errors:
+            log.warning("ready without input: the %s source is down and retried", self.config.input.source)
+            self.notifier.ready(self._status_line() + " (input down)")
+            return True
+        return False
 
     def _start_transport(self) -> None:
         from edgeagent.transport.mqtt import MqttTransport
@@ -214,9 +225,10 @@ class Agent:
         wd = self.notifier.watchdog_s
         next_tel = time.monotonic()
         next_line = time.monotonic() + self.config.telemetry.interval_s
+        ready = False
         while True:
             try:
-                sig = self._signals.get(timeout=min(0.5, wd / 4) if wd else 0.5)
+                sig = self._signals.get(timeout=min(0.5, wd / 4) if wd else (0.5 if ready else 0.05))
             except queue.Empty:
                 sig = None
             if sig in (signal.SIGTERM, signal.SIGINT):
@@ -224,6 +236,10 @@ class Agent:
                 break
             if sig == signal.SIGHUP:
                 log.info("SIGHUP: configuration reload needs a restart; ignoring")
+            if not ready:
+                ready = self._check_ready()
+                if not ready:
+                    continue  # no watchdog pings before the model serves
             now = time.monotonic()
             # The watchdog is fed only while the inference loop makes progress: a hung loop
             # (stuck invoke, deadlock) stops the pings and systemd restarts us.

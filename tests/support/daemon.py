@@ -31,10 +31,10 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def base_config(tmp: Path, model: Path, **over: Any) -> dict:
+def base_config(tmp: Path, model_file: Path, **over: Any) -> dict:
     cfg = {
         "device": {"id": "test-dev"},
-        "model": {"name": "testmodel", "state_dir": str(tmp / "state"), "initial": str(model)},
+        "model": {"name": "testmodel", "state_dir": str(tmp / "state"), "initial": str(model_file)},
         "input": {"source": "synthetic", "rate_hz": 50.0},
         "telemetry": {"interval_s": 0.5, "sysfs_root": str(tmp / "nosys"), "power_profile": "none"},
         "control": {"socket": str(tmp / "control.sock")},
@@ -100,6 +100,10 @@ class Daemon:
                 return msg
         raise AssertionError(f"no {needle!r} from the daemon in {timeout} s:\n{self.log()}")
 
+    def wait_for_closed_messages(self) -> str:
+        """Datagrams that arrived until the daemon exited (after stop())."""
+        return "\n".join(self.messages)
+
     def call(self, op: str, args: dict | None = None, timeout: float = 30.0) -> Any:
         from edgeagent.control.client import ControlClient
 
@@ -118,11 +122,22 @@ class Daemon:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
+                self._drain()
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
         self.close()
         return self.proc.returncode
+
+    def _drain(self) -> None:
+        if self.notify is None:
+            return
+        self.notify.settimeout(0.05)
+        while True:
+            try:
+                self.messages.append(self.notify.recv(65536).decode())
+            except OSError:
+                return
 
     def kill(self) -> None:
         assert self.proc is not None

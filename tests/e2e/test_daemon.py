@@ -1,0 +1,126 @@
+"""The daemon as systemd runs it: readiness, watchdog, signals, status, bad config, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeagent.engine import testmodels
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(d, *args, check=True):
+    r = subprocess.run([sys.executable, "-m", "edgeagent", "-c", str(d.config_path), *args],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_ready_status_and_clean_stop(start_daemon):
+    d = start_daemon()
+    ready = d.wait_for("READY=1")
+    assert "STATUS=serving testmodel v1 slot a" in ready
+    st = json.loads(cli(d, "status", "--json").stdout)
+    assert st["daemon"] == "running"
+    assert st["model"]["name"] == "testmodel" and st["model"]["version"] == 1 and st["model"]["slot"] == "a"
+    assert len(st["model"]["sha256"]) == 64 and st["trial"] is None
+    time.sleep(1.2)
+    st = json.loads(cli(d, "status", "--json").stdout)
+    assert st["telemetry"]["inference"]["count"] > 10  # 50 Hz for > 1 s
+    t0 = time.monotonic()
+    assert d.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - t0 < 5
+    assert any("STOPPING=1" in m for m in d.messages) or "STOPPING=1" in d.wait_for_closed_messages()
+
+
+def test_sigint_also_stops_cleanly(start_daemon):
+    d = start_daemon()
+    t0 = time.monotonic()
+    assert d.stop(signal.SIGINT) == 0
+    assert time.monotonic() - t0 < 5
+
+
+def test_status_offline_reads_the_state_dir(start_daemon):
+    d = start_daemon()
+    d.stop()
+    st = json.loads(cli(d, "status", "--json").stdout)
+    assert st["daemon"] == "stopped" and st["model"]["version"] == 1
+    assert "not running" in cli(d, "status").stdout or "stopped" in cli(d, "status").stdout
+
+
+def _drain(d, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            d.wait_for("__never__", 0.1)
+        except AssertionError:
+            pass
+
+
+def test_watchdog_pings_follow_the_inference_loop(start_daemon, tmp_path):
+    # a healthy loop: WATCHDOG=1 keeps coming
+    d = start_daemon(env={"WATCHDOG_USEC": "400000"}, name="healthy")
+    d.messages.clear()
+    _drain(d, 1.5)
+    assert sum("WATCHDOG=1" in m for m in d.messages) >= 5
+    d.stop()
+    # a model stuck inside invoke (a WHILE loop of 2e9 steps): no READY, no pings
+    hung = testmodels.write_model(tmp_path / "hung.tflite", hang=True)
+    s = start_daemon(env={"WATCHDOG_USEC": "400000"}, name="hung", model_file=hung,
+                     model={"state_dir": str(tmp_path / "state-hung")}, wait_ready=False)
+    _drain(s, 2.5)
+    assert not any("WATCHDOG=1" in m or "READY=1" in m for m in s.messages), s.messages
+    t0 = time.monotonic()
+    assert s.stop() == 0  # SIGTERM still stops it, hung interpreter or not
+    assert time.monotonic() - t0 < 5
+
+
+def test_config_error_exit_2_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[input]\nsource = "webcam"\n')
+    r = subprocess.run([sys.executable, "-m", "edgeagent", "-c", str(bad), "run"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "input.source" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_camera_is_retried_and_the_daemon_keeps_running(start_daemon, tmp_path):
+    d = start_daemon(input={"source": "camera", "camera": {"device": str(tmp_path / "unplugged.avi")}})
+    st = d.call("status")
+    assert st["daemon"] == "running"
+    names = [e["event"] for e in st["events"]]
+    assert "input.failed" in names
+    assert d.call("ping")["pong"] is True
+
+
+def test_runtime_config_set_changes_the_rate(start_daemon):
+    d = start_daemon(input={"rate_hz": 50.0})
+    r = d.call("config.set", {"key": "input.rate_hz", "value": 5})
+    assert r["value"] == 5.0 and r["previous"] == 50.0
+    assert d.call("config.get", {"key": "input.rate_hz"})["value"] == 5.0
+    from edgeagent.errors import CommandError
+
+    with pytest.raises(CommandError) as ei:
+        d.call("config.set", {"key": "model.backend", "value": "tflite"})
+    assert ei.value.code == "config.not_tunable"
+    c0 = d.call("status")["telemetry"]["inference"]["count"]
+    time.sleep(1.5)
+    c1 = d.call("status")["telemetry"]["inference"]["count"]
+    assert c1 - c0 <= 12  # ~5 Hz now, not 50
+
+
+def test_control_socket_is_0660_and_a_second_daemon_refuses(start_daemon, tmp_path):
+    d = start_daemon()
+    assert (Path(d.socket_path).stat().st_mode & 0o777) == 0o660
+    r = subprocess.run([sys.executable, "-m", "edgeagent", "-c", str(d.config_path), "run"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 1 and "control.in_use" in r.stderr
+    assert d.call("ping")["pong"]
