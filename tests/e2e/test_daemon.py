@@ -111,6 +111,7 @@ def test_runtime_config_set_changes_the_rate(start_daemon):
     with pytest.raises(CommandError) as ei:
         d.call("config.set", {"key": "model.backend", "value": "tflite"})
     assert ei.value.code == "config.not_tunable"
+    time.sleep(0.6)  # the first telemetry window after the change
     c0 = d.call("status")["telemetry"]["inference"]["count"]
     time.sleep(1.5)
     c1 = d.call("status")["telemetry"]["inference"]["count"]
