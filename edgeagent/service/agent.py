@@ -9,6 +9,7 @@ queue the signal (gunicorn's rule).
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import queue
@@ -220,6 +221,8 @@ class Agent:
         """Serve until SIGTERM/SIGINT; return the exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda s, _f: self._signals.put(s))
+        # `kill -USR1` dumps every thread's stack to stderr (the journal): for a daemon that hangs
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         self.start()
         assert self.loop is not None
         wd = self.notifier.watchdog_s

@@ -46,7 +46,8 @@ class Notifier:
             if self._lib is not None:
                 return bool(self._lib.notify(msg))
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # non-blocking: a service manager that does not read must not stall the daemon
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             addr = self._addr
             if addr.startswith("@"):
                 addr = "\0" + addr[1:]

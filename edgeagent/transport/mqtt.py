@@ -173,14 +173,20 @@ class MqttTransport:
         topics += [(f"edgeagent/group/{g}/cmd", qos) for g in self.groups]
         client.subscribe(topics)
         client.publish(f"{self.prefix}/status", self._birth(), qos=1, retain=True)
-        with self._lock:
-            while self._outbox:
-                topic, payload, q, retain, props_ = self._outbox.popleft()
+        # Flush the outbox in order. paho is never called under our lock (paho calls us back
+        # under its own locks: the other order would deadlock).
+        while True:
+            with self._lock:
+                batch = list(self._outbox)
+                self._outbox.clear()
+                telemetry, self._telemetry = self._telemetry, None
+                if not batch and telemetry is None:
+                    self._connected = True
+                    break
+            for topic, payload, q, retain, props_ in batch:
                 client.publish(topic, payload, qos=q, retain=retain, properties=props_)
-            if self._telemetry is not None:
-                client.publish(f"{self.prefix}/telemetry", self._telemetry, qos=0)
-                self._telemetry = None
-            self._connected = True
+            if telemetry is not None:
+                client.publish(f"{self.prefix}/telemetry", telemetry, qos=0)
         self.last_error = None
         log.info("mqtt: connected to %s:%s (MQTT %s)", self.cfg.host, self.cfg.port, self.cfg.protocol)
         if self._on_connection:
@@ -230,13 +236,13 @@ class MqttTransport:
 
     # -- publishing (any thread, never blocks) -------------------------------------------------
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool, props: Any = None) -> None:
+        if self._connected:  # (read without the lock: paho must not be called under it)
+            info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                return
+        if qos == 0 and not retain:
+            return  # fire-and-forget data (model outputs) is not worth queueing
         with self._lock:
-            if self._connected:
-                info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-                if info.rc == mqtt.MQTT_ERR_SUCCESS:
-                    return
-            if qos == 0 and not retain:
-                return  # fire-and-forget data (model outputs) is not worth queueing
             if len(self._outbox) >= self.cfg.max_queued:
                 self._outbox.popleft()
                 self._dropped += 1

@@ -58,12 +58,7 @@ def test_status_offline_reads_the_state_dir(start_daemon):
 
 
 def _drain(d, seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            d.wait_for("__never__", 0.1)
-        except AssertionError:
-            pass
+    time.sleep(seconds)  # the helper reads the notify socket in the background, as systemd does
 
 
 def test_watchdog_pings_follow_the_inference_loop(start_daemon, tmp_path):

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,9 @@ class Daemon:
             os.unlink(notify_path)
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(notify_path)
+        self.notify.settimeout(0.2)
+        self._cv = threading.Condition()
+        threading.Thread(target=self._read_notify, daemon=True).start()
         e = dict(os.environ, NOTIFY_SOCKET=notify_path, PYTHONUNBUFFERED="1")
         e.pop("WATCHDOG_USEC", None)
         e.update(env or {})
@@ -80,25 +84,35 @@ class Daemon:
             self.wait_for("READY=1", timeout)
         return self
 
-    def wait_for(self, needle: str, timeout: float = 30.0) -> str:
-        """Wait for an sd_notify datagram containing `needle`."""
-        assert self.notify is not None and self.proc is not None
-        deadline = time.monotonic() + timeout
-        for m in self.messages:
-            if needle in m:
-                return m
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            self.notify.settimeout(0.2)
+    def _read_notify(self) -> None:
+        """Read sd_notify datagrams as systemd does, all the time."""
+        sock = self.notify
+        while sock is not None and sock.fileno() >= 0:
             try:
-                msg = self.notify.recv(65536).decode()
+                msg = sock.recv(65536).decode()
             except socket.timeout:
                 continue
-            self.messages.append(msg)
-            if needle in msg:
-                return msg
-        raise AssertionError(f"no {needle!r} from the daemon in {timeout} s:\n{self.log()}")
+            except OSError:
+                return
+            with self._cv:
+                self.messages.append(msg)
+                self._cv.notify_all()
+
+    def wait_for(self, needle: str, timeout: float = 30.0) -> str:
+        """Wait for an sd_notify datagram containing `needle`."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                for m in self.messages:
+                    if needle in m:
+                        return m
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {needle!r} from the daemon in {timeout} s:\n{self.log()}")
+                self._cv.wait(min(left, 0.2))
 
     def wait_for_closed_messages(self) -> str:
         """Datagrams that arrived until the daemon exited (after stop())."""
@@ -122,22 +136,12 @@ class Daemon:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
-                self._drain()
+                time.sleep(0.05)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
         self.close()
         return self.proc.returncode
-
-    def _drain(self) -> None:
-        if self.notify is None:
-            return
-        self.notify.settimeout(0.05)
-        while True:
-            try:
-                self.messages.append(self.notify.recv(65536).decode())
-            except OSError:
-                return
 
     def kill(self) -> None:
         assert self.proc is not None
