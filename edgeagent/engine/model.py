@@ -132,7 +132,7 @@ class Model:
         spec = self._in
         shape = spec.shape
         n = int(np.prod(shape))
-        convert = self._converter()
+        convert = self._converter(frame.dtype)
         if frame.dtype == spec.dtype and frame.size == n and (frame.shape == shape or frame.shape == shape[1:]):
             return lambda f, dst: np.copyto(dst, f.reshape(shape))  # exact: a straight copy
         image_model = len(shape) == 4
@@ -157,9 +157,11 @@ class Model:
 
         return vector
 
-    def _converter(self) -> Callable[[np.ndarray, np.ndarray], None]:
+    def _converter(self, frame_dtype: np.dtype) -> Callable[[np.ndarray, np.ndarray], None]:
+        """input_mean/input_std normalise pixels (integer frames); float frames (sensor values,
+        synthetic data) already carry real values and are fed as they are."""
         spec = self._in
-        mean, inv_std = self._mean, self._inv_std
+        mean, inv_std = (self._mean, self._inv_std) if np.issubdtype(frame_dtype, np.integer) else (0.0, 1.0)
         if spec.dtype == np.float32:
             def to_float(src: np.ndarray, dst: np.ndarray) -> None:
                 np.subtract(src, mean, out=dst, casting="unsafe")
