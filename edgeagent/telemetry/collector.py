@@ -52,7 +52,7 @@ class _Thermal:
         for name, a in self.zones:
             v = a.read()
             if v is not None:
-                out[name] = round(v / 1000.0, 2)
+                out[name] = round(v / 1000.0, 3)
         return out
 
 

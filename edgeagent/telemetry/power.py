@@ -174,6 +174,7 @@ class Rapl:
                 self.zones.append((_text(f"{z}/name") or os.path.basename(z), e, float(rng) if rng else None))
         self._last: dict[str, tuple[float, float]] = {}
         self.energy_j = 0.0  # accumulated since start, wrap-corrected
+        self.read()  # prime the counters: the first interval starts now
 
     def read(self) -> dict[str, float]:
         now = time.monotonic()
