@@ -1,0 +1,165 @@
+"""The manifest verifier with real Ed25519 keys: every refusal code, key rotation, canonical bytes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from edgeagent.errors import EdgeAgentError
+from edgeagent.update.canonical import canonical_bytes
+from edgeagent.update.errors import UpdateRejected
+from edgeagent.update.keys import generate_keypair, keyid, load_private_key, load_public_key, load_trusted_keys
+from edgeagent.update.manifest import sign_envelope, verify_envelope
+
+H = "ab" * 32
+NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
+
+
+def signed(**over):
+    s = {"_type": "edgeagent-update", "spec_version": 1, "model": "det", "version": 5,
+         "created": "2026-01-01T00:00:00Z", "expires": "2027-01-01T00:00:00Z", "kind": "delta",
+         "base": {"version": 4, "sha256": H}, "target": {"sha256": H, "size": 100},
+         "payload": {"sha256": H, "size": 10, "format": "bsdiff4", "name": "det-5.bsdiff4"}}
+    s.update(over)
+    return s
+
+
+@pytest.fixture
+def k(tmp_path):
+    out = {}
+    for name in ("old", "new", "stranger"):
+        generate_keypair(tmp_path / name)
+        out[name] = load_private_key(tmp_path / name / "edgeagent.key")
+    out["dir"] = tmp_path
+    return out
+
+
+def trust(*keys):
+    return {keyid(x.public_key()): x.public_key() for x in keys}
+
+
+def verify(env, trusted, threshold=1, highest=4, model="det"):
+    return verify_envelope(json.dumps(env), trusted=trusted, threshold=threshold, model_name=model,
+                           highest_version=highest, now=NOW)
+
+
+def code(fn) -> str:
+    with pytest.raises(UpdateRejected) as ei:
+        fn()
+    return ei.value.code
+
+
+def test_a_good_manifest_verifies_to_a_typed_object(k):
+    m = verify(sign_envelope(signed(), [k["old"]]), trust(k["old"]))
+    assert (m.model, m.version, m.kind, m.base.sha256, m.payload.format) == ("det", 5, "delta", H, "bsdiff4")
+
+
+def test_signature_refusals(k):
+    env = sign_envelope(signed(), [k["old"]])
+    bad = json.loads(json.dumps(env))
+    sig = bytearray(base64.b64decode(bad["signatures"][0]["sig"]))
+    sig[10] ^= 1
+    bad["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+    assert code(lambda: verify(bad, trust(k["old"]))) == "update.bad_signature"
+    changed = json.loads(json.dumps(env))
+    changed["signed"]["version"] = 6  # signature over different bytes
+    assert code(lambda: verify(changed, trust(k["old"]))) == "update.bad_signature"
+    assert code(lambda: verify(sign_envelope(signed(), [k["stranger"]]), trust(k["old"]))) == "update.unknown_key"
+    assert code(lambda: verify(env, trust(k["old"], k["new"]), threshold=2)) == "update.threshold"
+    # the same key twice counts once
+    twice = {"signed": env["signed"], "signatures": env["signatures"] * 2}
+    assert code(lambda: verify(twice, trust(k["old"], k["new"]), threshold=2)) == "update.threshold"
+
+
+def test_key_rotation(k):
+    both = sign_envelope(signed(), [k["old"], k["new"]])
+    assert verify(both, trust(k["new"])).version == 5  # devices that already trust only the new key
+    assert verify(both, trust(k["old"], k["new"]), threshold=2).version == 5
+    assert verify(both, trust(k["old"])).version == 5  # devices not yet rotated
+    retired = sign_envelope(signed(), [k["new"]])
+    assert code(lambda: verify(retired, trust(k["old"]))) == "update.unknown_key"
+
+
+def test_expiry_model_and_anti_rollback(k):
+    t = trust(k["old"])
+    assert code(lambda: verify(sign_envelope(signed(expires="2026-05-31T23:59:59Z"), [k["old"]]), t)) == "update.expired"
+    assert code(lambda: verify(sign_envelope(signed(), [k["old"]]), t, model="other")) == "update.wrong_model"
+    assert code(lambda: verify(sign_envelope(signed(version=3), [k["old"]]), t, highest=4)) == "update.downgrade"
+    assert code(lambda: verify(sign_envelope(signed(version=4), [k["old"]]), t, highest=4)) == "update.replay"
+    assert verify(sign_envelope(signed(version=4), [k["old"]]), t, highest=None).version == 4
+
+
+MALFORMED = [
+    ({"version": "5"}, "signed.version"),
+    ({"version": 0}, "signed.version"),
+    ({"version": True}, "signed.version"),
+    ({"model": "bad name"}, "signed.model"),
+    ({"model": "x" * 65}, "signed.model"),
+    ({"_type": "other"}, "signed._type"),
+    ({"spec_version": 2}, "signed.spec_version"),
+    ({"kind": "patch"}, "signed.kind"),
+    ({"created": "yesterday"}, "signed.created"),
+    ({"expires": "2027-13-01T00:00:00Z"}, "signed.expires"),
+    ({"base": {"version": 4}}, "signed.base.sha256"),
+    ({"base": {"version": 4, "sha256": "XYZ"}}, "signed.base.sha256"),
+    ({"target": {"sha256": H, "size": -1}}, "signed.target.size"),
+    ({"target": {"sha256": H}}, "signed.target.size"),
+    ({"payload": {"sha256": H, "size": 10, "format": "zip", "name": "p"}}, "signed.payload.format"),
+    ({"payload": {"sha256": H, "size": 10, "format": "raw", "name": "p"}}, "signed.payload.format"),
+    ({"payload": {"sha256": H, "size": 10, "format": "bsdiff4", "name": "../etc/passwd"}}, "signed.payload.name"),
+    ({"health": {"probation_s": -5}}, "signed.health.probation_s"),
+    ({"health": {"min_inferences": "many"}}, "signed.health.min_inferences"),
+    ({"io": {"inputs": [{"shape": "1x2", "dtype": "float32"}], "outputs": []}}, "signed.io"),
+    ({"surprise": 1}, "signed.surprise: unknown field"),
+]
+
+
+@pytest.mark.parametrize("over, fragment", MALFORMED)
+def test_malformed_fields(k, over, fragment):
+    env = sign_envelope(signed(**over), [k["old"]])
+    with pytest.raises(UpdateRejected) as ei:
+        verify(env, trust(k["old"]))
+    assert ei.value.code == "update.malformed" and fragment in ei.value.message
+
+
+def test_full_update_has_no_base(k):
+    s = signed(kind="full", payload={"sha256": H, "size": 10, "format": "raw", "name": "det-5.tflite"})
+    assert code(lambda: verify(sign_envelope(s, [k["old"]]), trust(k["old"]))) == "update.malformed"
+    del s["base"]
+    assert verify(sign_envelope(s, [k["old"]]), trust(k["old"])).base is None
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"signed": {}}', b'{"signed": 1, "signatures": []}',
+                                 b"{" + b'"a":' * 10 + b"1", b"x" * 70000])
+def test_garbage_envelopes(k, raw):
+    with pytest.raises(UpdateRejected) as ei:
+        verify_envelope(raw, trusted=trust(k["old"]), threshold=1, model_name="det", highest_version=None)
+    assert ei.value.code == "update.malformed"
+
+
+def test_canonical_bytes():
+    assert canonical_bytes({"b": 1, "a": [True, None, "é"]}) == '{"a":[true,null,"é"],"b":1}'.encode()
+    with pytest.raises(ValueError):
+        canonical_bytes({"x": 1.5})
+
+
+def test_keygen_files_modes_and_no_overwrite(tmp_path):
+    kid = generate_keypair(tmp_path / "k")
+    priv, pub = tmp_path / "k/edgeagent.key", tmp_path / "k/edgeagent.pub"
+    assert stat.S_IMODE(os.stat(priv).st_mode) == 0o600
+    assert priv.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    assert pub.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    assert keyid(load_public_key(pub)) == kid and len(kid) == 64
+    with pytest.raises(EdgeAgentError) as ei:
+        generate_keypair(tmp_path / "k")
+    assert ei.value.code == "keys.exists"
+    assert list(load_trusted_keys([str(tmp_path / "k")])) == [kid]  # a directory of keys
+    (tmp_path / "bad.pub").write_text("nope")
+    with pytest.raises(EdgeAgentError) as ei:
+        load_trusted_keys([str(tmp_path / "bad.pub")])
+    assert ei.value.code == "keys.invalid" and "bad.pub" in str(ei.value)
