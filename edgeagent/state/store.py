@@ -173,6 +173,7 @@ class SlotStore:
                 st = self._recover(model_name)
                 if st is not None:
                     events.append({"event": "state.recovered", "reason": "state.json unreadable; rebuilt from the slots"})
+                    self._write(st)
             if st is None:  # first start
                 st = State()
                 st.slots["a"] = self._seed("a", initial, model_name, initial_version)
