@@ -134,12 +134,15 @@ class InferenceLoop:
     def snapshot(self, consume: bool = True) -> dict:
         """The `inference` part of a telemetry payload for the window since the last snapshot."""
         w = self.stats.window(consume=consume)
+        ends = self.frame_ends(w["frames"] + 1)  # and the last frame before the window
+        gap = float(np.diff(ends).max()) * 1e3 if ends.size > 1 else None
         return {
             "count": self.stats.count,
             "errors": self.errors,
             "input_errors": self.input_errors,
             "fps": w["fps"],
             "deadline_misses": self.deadline_misses,
+            "max_gap_ms": round(gap, 3) if gap is not None else None,
             "latency_ms": w["latency_ms"],
             "rate_hz": round(self.rate_hz, 3),
         }

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Patch time and peak memory as the model grows (bsdiff4 holds old, new and patch in memory).
+
+    .venv/bin/python scripts/bench_patch.py [--sizes 1,10,50,100,200]
+
+Each size runs in a fresh child process (so its peak RSS, VmHWM, is the patch's alone) that
+applies the delta the way the updater does (edgeagent.update.patch.apply_delta: hash the base,
+patch, write + fsync, verify). The "new" model changes 5% of the bytes in its last tenth, like a
+fine-tuned head. Building the deltas (bsdiff4.diff) is slow for big inputs and is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CHILD = r"""
+import json, sys, time
+from pathlib import Path
+from edgeagent.update.patch import apply_delta
+d = Path(sys.argv[1]); meta = json.loads((d / "meta.json").read_text())
+t = time.perf_counter()
+apply_delta(d / "old", meta["old_sha"], d / "patch", d / "out", target_sha256=meta["new_sha"], target_size=meta["size"])
+dt = time.perf_counter() - t
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(json.dumps({"seconds": dt, "peak_kib": int(hwm)}))
+"""
+
+
+def main() -> int:
+    import bsdiff4
+    import numpy as np
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1,10,50,100,200", help="MiB")
+    a = ap.parse_args()
+    rng = np.random.default_rng(0)
+    rows = []
+    base_rss = None
+    print(f"{'size MiB':>9}{'patch KiB':>11}{'diff s':>8}{'patch s':>9}{'peak MiB':>10}{'peak/(old+new)':>16}")
+    for mib in [int(x) for x in a.sizes.split(",")]:
+        n = mib << 20
+        old = rng.standard_normal(n // 4).astype(np.float32).tobytes()
+        new = bytearray(old)
+        tail = n - n // 10
+        idx = rng.choice(np.arange(tail, n - 4, 4), size=max(1, n // 20 // 4), replace=False)
+        for i in idx:
+            new[i:i + 4] = rng.standard_normal(1).astype(np.float32).tobytes()
+        new = bytes(new)
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as td:
+            d = Path(td)
+            (d / "old").write_bytes(old)
+            t = time.perf_counter()
+            (d / "patch").write_bytes(bsdiff4.diff(old, new))
+            diff_s = time.perf_counter() - t
+            (d / "meta.json").write_text(json.dumps({"old_sha": hashlib.sha256(old).hexdigest(),
+                                                     "new_sha": hashlib.sha256(new).hexdigest(), "size": n}))
+            psize = (d / "patch").stat().st_size
+            del old, new
+            r = json.loads(subprocess.run([sys.executable, "-c", CHILD, str(d)], capture_output=True, text=True,
+                                          check=True, cwd=REPO).stdout)
+        if base_rss is None:
+            base_rss = json.loads(subprocess.run([sys.executable, "-c", "import json, edgeagent.update.patch;"
+                                                  "print(json.dumps(int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])))"],
+                                                 capture_output=True, text=True, cwd=REPO).stdout)
+        peak = r["peak_kib"] / 1024
+        ratio = (r["peak_kib"] - base_rss) / 1024 / (2 * mib)
+        rows.append({"size_mib": mib, "patch_bytes": psize, "diff_s": round(diff_s, 2), "patch_s": round(r["seconds"], 3),
+                     "peak_mib": round(peak, 1), "interpreter_mib": round(base_rss / 1024, 1), "peak_over_old_plus_new": round(ratio, 2)})
+        print(f"{mib:>9}{psize / 1024:>11.1f}{diff_s:>8.1f}{r['seconds']:>9.2f}{peak:>10.1f}{ratio:>16.2f}")
+    print(f"(peak includes the Python interpreter and imports: {base_rss / 1024:.1f} MiB; the ratio subtracts it)")
+    print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
