@@ -324,20 +324,35 @@ def write_model(path: str | Path, **kw) -> Path:
 
 
 def finetune(src: bytes, *, last_n_buffers: int = 2, seed: int = 0, scale: float = 0.01) -> bytes:
-    """A copy of a real model with the float32 weights of its last N weight buffers perturbed,
-    like a fine-tune of the last layers. Same size, same structure, still a valid model."""
+    """A copy of a real model with the float weights (float32 or float16) of its last N weighted
+    layers perturbed, in operator order, like a fine-tune of the head. Same size and structure,
+    still a valid model. last_n_buffers=0 perturbs every layer (a full retrain)."""
     m = S.ModelT.InitFromObj(S.Model.GetRootAs(src, 0))
     rng = np.random.default_rng(seed)
-    sizes = {}
-    for sg in m.subgraphs:
-        for t in sg.tensors:
-            if t.type == S.TensorType.FLOAT32 and t.buffer and m.buffers[t.buffer].data is not None:
-                sizes[t.buffer] = len(m.buffers[t.buffer].data)
-    weight_bufs = sorted(b for b, n in sizes.items() if n >= 64)
-    for b in weight_bufs[-last_n_buffers:] if last_n_buffers else []:
-        arr = np.frombuffer(bytes(m.buffers[b].data), np.float32).copy()
-        arr += (rng.standard_normal(arr.shape) * scale * (np.abs(arr).mean() + 1e-6)).astype(np.float32)
-        m.buffers[b].data = np.frombuffer(arr.tobytes(), np.uint8)
+    kinds = {S.TensorType.FLOAT32: np.float32, S.TensorType.FLOAT16: np.float16}
+    layers: list[list[tuple[int, type]]] = []  # per operator: the weight buffers it reads
+    sg = m.subgraphs[0]
+    for op in sg.operators:
+        bufs = []
+        for t in op.inputs if op.inputs is not None else []:
+            if t < 0:
+                continue
+            ten = sg.tensors[t]
+            data = m.buffers[ten.buffer].data if ten.buffer else None
+            if ten.type in kinds and data is not None and len(data) >= 64:
+                bufs.append((ten.buffer, kinds[ten.type]))
+        if bufs:
+            layers.append(bufs)
+    chosen = layers if last_n_buffers == 0 else layers[-last_n_buffers:]
+    seen = set()
+    for bufs in chosen:
+        for b, dt in bufs:
+            if b in seen:
+                continue
+            seen.add(b)
+            arr = np.frombuffer(bytes(m.buffers[b].data), dt).astype(np.float32)
+            arr += rng.standard_normal(arr.shape).astype(np.float32) * scale * (float(np.abs(arr).mean()) + 1e-6)
+            m.buffers[b].data = np.frombuffer(arr.astype(dt).tobytes(), np.uint8)
     b = flatbuffers.Builder(len(src) + 1024)
     b.Finish(m.Pack(b), file_identifier=b"TFL3")
     return bytes(b.Output())
