@@ -4,13 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-mkdir -p .run
-if [ ! -f .run/demo.tflite ]; then
-  $PY -m edgeagent.engine.testmodels .run/demo.tflite --kind conv --input-shape 1,64,64,3 --outputs 8
-  echo "generated demo model .run/demo.tflite"
+RUN="${RUN_DIR:-$PWD/.run}"
+mkdir -p "$RUN"
+if [ ! -f "$RUN/demo.tflite" ]; then
+  $PY -m edgeagent.engine.testmodels "$RUN/demo.tflite" --kind conv --input-shape 1,64,64,3 --outputs 8 >/dev/null
+  echo "generated demo model $RUN/demo.tflite"
 fi
-if [ ! -f .run/config.toml ]; then
-  cat > .run/config.toml <<TOML
+if [ ! -f "$RUN/config.toml" ]; then
+  cat > "$RUN/config.toml" <<TOML
 [device]
 id = "dev-$(hostname)"
 
@@ -20,8 +21,8 @@ port = ${MQTT_PORT:-1883}
 
 [model]
 name = "demo"
-state_dir = "$PWD/.run/state"
-initial = "$PWD/.run/demo.tflite"
+state_dir = "$RUN/state"
+initial = "$RUN/demo.tflite"
 
 [input]
 source = "synthetic"
@@ -31,9 +32,9 @@ rate_hz = 10.0
 interval_s = 3.0
 
 [control]
-socket = "$PWD/.run/control.sock"
+socket = "$RUN/control.sock"
 TOML
-  echo "wrote .run/config.toml (edit it to change the input, rate or broker)"
+  echo "wrote $RUN/config.toml (edit it to change the input, rate or broker)"
 fi
-echo "edgeagent: Ctrl-C stops; in another shell: .venv/bin/edgeagent -c .run/config.toml status"
-exec .venv/bin/edgeagent -c .run/config.toml run
+echo "edgeagent: Ctrl-C stops; in another shell: .venv/bin/edgeagent -c $RUN/config.toml status"
+exec .venv/bin/edgeagent -c "$RUN/config.toml" run
