@@ -77,10 +77,7 @@ def render_slots(table: dict) -> str:
 
 def cmd_slots(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    try:
-        table = _live(cfg, "slots")
-    except DaemonNotRunning:
-        table = _store(cfg).slots_table()
+    table, _ = _live_or_offline(cfg, "slots", {}, lambda: _store(cfg).slots_table())
     if args.json:
         emit_json(table)
     else:
@@ -107,35 +104,38 @@ def _offline_rollback(cfg: Any, reason: str) -> dict:
     return {"slot": st.active, "version": st.slots[st.active].version, "from": frm}
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
+def _live_or_offline(cfg: Any, op: str, args: dict, offline: Any) -> tuple[dict, str]:
+    """The daemon does it when it runs; otherwise `offline()` does it on the state directory."""
     try:
-        r = _live(cfg, "rollback", {"reason": args.reason})
-        mode = "live"
+        return _live(cfg, op, args), "live"
     except DaemonNotRunning:
-        r = _offline_rollback(cfg, args.reason + " (offline)")
-        mode = "offline"
+        return offline(), "offline"
+
+
+def _print_result(args: argparse.Namespace, r: dict, mode: str, text: str) -> int:
     if args.json:
         emit_json({**r, "mode": mode})
     else:
-        print(f"rolled back ({mode}): slot {r['slot']} v{r['version']} is active")
+        print(text)
     return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    r, mode = _live_or_offline(cfg, "rollback", {"reason": args.reason},
+                               lambda: _offline_rollback(cfg, args.reason + " (offline)"))
+    return _print_result(args, r, mode, f"rolled back ({mode}): slot {r['slot']} v{r['version']} is active")
+
+
+def _offline_commit(cfg: Any) -> dict:
+    st = _store(cfg).commit()
+    return {"slot": st.active, "version": st.slots[st.active].version, "status": "good"}
 
 
 def cmd_commit(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    try:
-        r = _live(cfg, "commit")
-        mode = "live"
-    except DaemonNotRunning:
-        st = _store(cfg).commit()
-        r = {"slot": st.active, "version": st.slots[st.active].version, "status": "good"}
-        mode = "offline"
-    if args.json:
-        emit_json({**r, "mode": mode})
-    else:
-        print(f"committed ({mode}): slot {r['slot']} v{r['version']} is good")
-    return 0
+    r, mode = _live_or_offline(cfg, "commit", {}, lambda: _offline_commit(cfg))
+    return _print_result(args, r, mode, f"committed ({mode}): slot {r['slot']} v{r['version']} is good")
 
 
 # -- install ----------------------------------------------------------------------------------
