@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from edgeagent.service.sdnotify import Notifier
 
 
@@ -39,3 +41,16 @@ def test_outside_systemd_does_nothing_and_never_raises(tmp_path):
     assert Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")}, use_library=False).ready("x") is False
     # a watchdog meant for another pid is not ours
     assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_s is None
+
+
+def test_systemd_python_path_when_the_extra_is_installed(tmp_path, monkeypatch):
+    pytest.importorskip("systemd.daemon", reason="the [systemd] extra is not installed here")
+    path = str(tmp_path / "lib.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(2)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    n = Notifier()
+    assert n._lib is not None and n.ready("via libsystemd")
+    assert srv.recv(4096) == b"READY=1\nSTATUS=via libsystemd"
+    srv.close()
