@@ -197,6 +197,34 @@ def test_patch_checks_the_base_first_and_the_result_after(tmp_path):
     assert out2.read_bytes() == old
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_streaming_patch_matches_bsdiff4(tmp_path, seed):
+    """The updater applies BSDIFF4 patches as a stream; the result must be bsdiff4.patch's."""
+    import random
+
+    rnd = random.Random(seed)
+    old = bytes(rnd.getrandbits(8) for _ in range(rnd.choice([0, 1, 5000, 300_000])))
+    new = bytearray(old)
+    for _ in range(rnd.randint(0, 20)):  # edits, inserts, deletes
+        pos = rnd.randint(0, len(new))
+        op = rnd.choice(["edit", "insert", "delete"])
+        blob = bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 3000)))
+        if op == "edit":
+            new[pos:pos + len(blob)] = blob
+        elif op == "insert":
+            new[pos:pos] = blob
+        else:
+            del new[pos:pos + len(blob)]
+    new = bytes(new) or b"x"
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "patch").write_bytes(bsdiff4.diff(old, new))
+    assert bsdiff4.patch(old, (tmp_path / "patch").read_bytes()) == new
+    out = tmp_path / "out"
+    apply_delta(tmp_path / "old", hashlib.sha256(old).hexdigest(), tmp_path / "patch", out,
+                target_sha256=hashlib.sha256(new).hexdigest(), target_size=len(new))
+    assert out.read_bytes() == new
+
+
 def test_no_space_is_refused(tmp_path):
     st = Staging(tmp_path)
     with pytest.raises(UpdateRejected) as ei:
