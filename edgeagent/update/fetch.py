@@ -1,8 +1,8 @@
 """The one fetcher: every download goes through here (python-tuf's rule).
 
 file://, http:// and https:// into a `.part` file under staging, resumed with an HTTP Range
-request after an interruption (and after a restart: the .part survives), hashed as it streams,
-never reading more than the manifest's size. Every transport failure becomes one
+request after an interruption (and after a restart: the .part survives), never reading more than
+the manifest's size, then hashed whole before it is used. Every transport failure becomes one
 TransportError("download.failed", why); bad data is UpdateRejected with its own code.
 """
 
@@ -62,12 +62,12 @@ def _open(url: str, offset: int, timeout: float):
     return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - schemes checked by the caller
 
 
-def _attempt(url: str, part: Path, expected_size: int, h, rep: _Reporter, timeout: float) -> None:
+def _attempt(url: str, part: Path, expected_size: int, rep: _Reporter, timeout: float) -> None:
+    """One try: append to the .part file from where it ends."""
     have = part.stat().st_size if part.exists() else 0
     if have > expected_size:
         part.unlink()
         have = 0
-    h_local = h
     if url.startswith("file://"):
         src = urllib.parse.unquote(urllib.parse.urlparse(url).path)
         try:
@@ -90,9 +90,6 @@ def _attempt(url: str, part: Path, expected_size: int, h, rep: _Reporter, timeou
             # the server ignored Range: start over
             have = 0
             part.unlink(missing_ok=True)
-            h_local = None
-    if h_local is None:
-        h = hashlib.sha256()
     with resp, open(part, "ab") as fo:
         done = have
         try:
@@ -103,7 +100,6 @@ def _attempt(url: str, part: Path, expected_size: int, h, rep: _Reporter, timeou
                 if done + len(b) > expected_size:
                     raise UpdateRejected("update.payload_size", f"{url}: more than the manifest's {expected_size} bytes")
                 fo.write(b)
-                h.update(b)
                 done += len(b)
                 rep(done)
         except (OSError, http.client.HTTPException, socket.timeout) as e:
@@ -114,7 +110,6 @@ def _attempt(url: str, part: Path, expected_size: int, h, rep: _Reporter, timeou
         os.fsync(fo.fileno())
     if done < expected_size:
         raise TransportError("download.failed", f"{url}: connection closed at {done} of {expected_size} bytes")
-    return h
 
 
 def fetch_to_staging(url: str, *, dest: Path, expected_size: int, expected_sha256: str, max_bytes: int,
@@ -130,24 +125,19 @@ def fetch_to_staging(url: str, *, dest: Path, expected_size: int, expected_sha25
     rep = _Reporter(expected_size, progress)
     delay = 0.5
     for attempt in range(retries + 1):
-        h = hashlib.sha256()
-        if part.exists():
-            _hash_existing(part, h)
         try:
-            result = _attempt(url, part, expected_size, h, rep, timeout)
-            h = result or h
+            _attempt(url, part, expected_size, rep, timeout)
             break
         except TransportError:
             if attempt == retries:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
+    h = hashlib.sha256()
+    _hash_existing(part, h)  # the whole file, resumed parts included
     if h.hexdigest() != expected_sha256:
-        _hash = hashlib.sha256()
-        _hash_existing(part, _hash)
-        if _hash.hexdigest() != expected_sha256:
-            part.unlink(missing_ok=True)
-            raise UpdateRejected("update.payload_hash", f"{url}: sha256 differs from the manifest")
+        part.unlink(missing_ok=True)
+        raise UpdateRejected("update.payload_hash", f"{url}: sha256 differs from the manifest")
     size = part.stat().st_size
     if size != expected_size:
         part.unlink(missing_ok=True)
