@@ -168,6 +168,12 @@ class UpdateConfig:
     max_payload_bytes: int = _check(_min(1), default=512 * 1024 * 1024)
     max_trial_attempts: int = _check(_min(1), default=2)
     health_timeout_s: float = _check(_min(1), default=60.0)
+    # unclean restarts (crash, watchdog, hang) of a committed model before it is rolled back
+    max_crash_restarts: int = _check(_min(1), default=3)
+    # a start counts as a crash until the model has served this long (or stopped cleanly)
+    crash_window_s: float = _check(_range(1, 86400), default=600.0)
+    # share of the trial's wall time the previous model may take to re-run on live frames
+    shadow_budget_pct: int = _check(_range(0, 50), default=10)
 
 
 @dataclass(frozen=True)

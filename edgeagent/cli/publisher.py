@@ -30,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probation-s", type=int, help="health override: probation seconds")
     p.add_argument("--min-inferences", type=int, help="health override: inferences before commit")
     p.add_argument("--max-latency-ms", type=int, help="health override: latency limit")
+    p.add_argument("--min-agreement-pct", type=int,
+                   help="probation: roll back when outputs agree with the previous model on fewer live frames")
+    p.add_argument("--golden", metavar="FILE.npz",
+                   help="golden set checked before the switch: 'inputs' with 'labels' or expected 'outputs'")
+    p.add_argument("--min-pass-pct", type=int, default=90, help="golden examples that must pass (default 90)")
+    p.add_argument("--tol-e6", type=int, help="golden 'outputs' tolerance in millionths (default 1000)")
     add_json(p)
     p.set_defaults(func=cmd_release)
 
@@ -56,8 +62,13 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_release(args: argparse.Namespace) -> int:
     from edgeagent.update.release import make_release
 
+    from edgeagent.update.release import golden_health
+
     health = {k: v for k, v in (("probation_s", args.probation_s), ("min_inferences", args.min_inferences),
-                                ("max_latency_ms", args.max_latency_ms)) if v is not None}
+                                ("max_latency_ms", args.max_latency_ms),
+                                ("min_agreement_pct", args.min_agreement_pct)) if v is not None}
+    if args.golden:
+        health["golden"] = golden_health(args.golden, args.min_pass_pct, args.tol_e6)
     progress = None
     if sys.stderr.isatty() and not args.json:
         from rich.progress import Progress

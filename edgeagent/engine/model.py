@@ -21,10 +21,19 @@ from edgeagent.errors import ModelError, SourceError
 
 log = logging.getLogger("edgeagent.engine")
 
-try:  # optional: a faster, better-quality resize
-    import cv2  # type: ignore
-except Exception:  # noqa: BLE001
-    cv2 = None
+_CV2: list = []
+
+
+def _cv2() -> Any:
+    """OpenCV when installed (a faster, better-quality resize), imported on first use: most
+    models never resize, and the health child must not pay for the import."""
+    if not _CV2:
+        try:
+            import cv2  # type: ignore
+        except Exception:  # noqa: BLE001
+            cv2 = None
+        _CV2.append(cv2)
+    return _CV2[0]
 
 
 def _spec(d: dict) -> TensorSpec:
@@ -199,6 +208,7 @@ class Model:
         (sh, sw), (dh, dw) = src_hw, dst_hw
         if (sh, sw) == (dh, dw):
             return lambda f: f
+        cv2 = _cv2()
         if cv2 is not None:
             interp = cv2.INTER_AREA if sh > dh else cv2.INTER_LINEAR
             return lambda f: cv2.resize(f, (dw, dh), interpolation=interp)

@@ -171,11 +171,11 @@ def _conv_features(g: _Graph, x: int, shape: tuple[int, ...], rng: np.random.Gen
     return pooled, filters
 
 
-def _counter_guard(mb: _ModelBuilder, g: _Graph, y: int, n_out: int, after: int) -> int:
-    """y + log(after - count): finite for the first `after` invokes, NaN afterwards.
+def _counter(mb: _ModelBuilder, g: _Graph) -> int:
+    """The number of invokes so far, including this one (float32 [1]).
 
-    The count lives in a resource variable initialised once by a CALL_ONCE subgraph, like the
-    state of a real stateful (RNN) model that drifts in service.
+    The count lives in a resource variable initialised once by a CALL_ONCE subgraph (index 1),
+    like the state of a real stateful (RNN) model that drifts in service.
     """
     init = _Graph(mb)
     h0 = init.tensor("counter/handle", [], "resource")
@@ -194,6 +194,13 @@ def _counter_guard(mb: _ModelBuilder, g: _Graph, y: int, n_out: int, after: int)
     g.op(S.BuiltinOperator.ADD, [cur, g.const("counter/one", np.ones([1], np.float32))], [nxt],
          S.BuiltinOptions.AddOptions, S.AddOptionsT())
     g.op(S.BuiltinOperator.ASSIGN_VARIABLE, [h, nxt], [])
+    mb._init_graph = init  # type: ignore[attr-defined]
+    return nxt
+
+
+def _counter_guard(mb: _ModelBuilder, g: _Graph, y: int, n_out: int, after: int) -> int:
+    """y + log(after - count): finite for the first `after` invokes, NaN afterwards."""
+    nxt = _counter(mb, g)
     left = g.tensor("counter/left", [1])
     g.op(S.BuiltinOperator.SUB, [g.const("counter/limit", np.array([after + 0.5], np.float32)), nxt], [left],
          S.BuiltinOptions.SubOptions, S.SubOptionsT())
@@ -201,30 +208,44 @@ def _counter_guard(mb: _ModelBuilder, g: _Graph, y: int, n_out: int, after: int)
     g.op(S.BuiltinOperator.LOG, [left], [guard])
     out = g.tensor("output", [1, n_out])
     g.op(S.BuiltinOperator.ADD, [y, guard], [out], S.BuiltinOptions.AddOptions, S.AddOptionsT())
-    # the init subgraph must exist at index 1
-    mb._init_graph = init  # type: ignore[attr-defined]
     return out
 
 
-def _busy_loop(mb: _ModelBuilder, g: _Graph, iterations: int) -> int:
-    """A WHILE loop of `iterations` steps before the head: an invoke that hangs for minutes."""
+def _busy_loop(mb: _ModelBuilder, g: _Graph, iterations: int, after: int = 0) -> int:
+    """A WHILE loop of `iterations` steps: an invoke that hangs for minutes. With `after`, the
+    loop runs 0 steps for the first `after` invokes and `iterations` from then on (a model that
+    works, then spins inside invoke)."""
+    if after:
+        nxt = _counter(mb, g)
+        past = g.tensor("hang/past", [1], "bool")
+        g.op(S.BuiltinOperator.GREATER, [nxt, g.const("hang/after", np.array([after + 0.5], np.float32))], [past])
+        past_i = g.tensor("hang/past_i", [1], "int32")
+        co = S.CastOptionsT()
+        co.inDataType, co.outDataType = S.TensorType.BOOL, S.TensorType.INT32
+        g.op(S.BuiltinOperator.CAST, [past], [past_i], S.BuiltinOptions.CastOptions, co)
+        limit = g.tensor("hang/limit", [1], "int32")
+        g.op(S.BuiltinOperator.MUL, [past_i, g.const("hang/n", np.array([iterations], np.int32))], [limit],
+             S.BuiltinOptions.MulOptions, S.MulOptionsT())
+    else:
+        limit = g.const("hang/limit", np.array([iterations], np.int32))
+    first = 2 if after else 1  # subgraph 1 is the counter's init when there is one
     cond, body = _Graph(mb), _Graph(mb)
-    ci = cond.tensor("i", [1], "int32")
-    cond.inputs = [ci]
-    co = cond.tensor("go", [1], "bool")
-    cond.op(S.BuiltinOperator.LESS, [ci, cond.const("n", np.array([iterations], np.int32))], [co])
-    cond.outputs = [co]
-    bi = body.tensor("i", [1], "int32")
-    body.inputs = [bi]
+    ci, cn = cond.tensor("i", [1], "int32"), cond.tensor("n", [1], "int32")
+    cond.inputs = [ci, cn]
+    co2 = cond.tensor("go", [1], "bool")
+    cond.op(S.BuiltinOperator.LESS, [ci, cn], [co2])
+    cond.outputs = [co2]
+    bi, bn = body.tensor("i", [1], "int32"), body.tensor("n", [1], "int32")
+    body.inputs = [bi, bn]
     bo = body.tensor("i_next", [1], "int32")
     body.op(S.BuiltinOperator.ADD, [bi, body.const("one", np.array([1], np.int32))], [bo],
             S.BuiltinOptions.AddOptions, S.AddOptionsT())
-    body.outputs = [bo]
+    body.outputs = [bo, bn]
     mb._extra_graphs = [cond, body]  # type: ignore[attr-defined]
-    out = g.tensor("while/out", [1], "int32")
+    out, out_n = g.tensor("while/out", [1], "int32"), g.tensor("while/n", [1], "int32")
     wo = S.WhileOptionsT()
-    wo.condSubgraphIndex, wo.bodySubgraphIndex = 1, 2
-    g.op(S.BuiltinOperator.WHILE, [g.const("while/start", np.zeros([1], np.int32))], [out],
+    wo.condSubgraphIndex, wo.bodySubgraphIndex = first, first + 1
+    g.op(S.BuiltinOperator.WHILE, [g.const("while/start", np.zeros([1], np.int32)), limit], [out, out_n],
          S.BuiltinOptions.WhileOptions, wo)
     return out
 
@@ -244,6 +265,7 @@ def build_model(
     nan_after: int = 0,
     filters: int = 8,
     hang: bool = False,
+    hang_after: int = 0,
 ) -> bytes:
     """The bytes of a .tflite model; see write_model."""
     shape = tuple(int(d) for d in input_shape)
@@ -288,10 +310,10 @@ def build_model(
         feat2 = g.tensor("gather/feat", [1, n])
         g.op(S.BuiltinOperator.ADD, [feat, gathered], [feat2], S.BuiltinOptions.AddOptions, S.AddOptionsT())
         feat = feat2
-    if hang:
+    if hang or hang_after:
         if nan_after:
             raise ValueError("hang and nan_after cannot be combined")
-        _busy_loop(mb, g, 2_000_000_000)
+        _busy_loop(mb, g, 2_000_000_000, after=hang_after)
     y = _fc(g, feat, n, outputs, rng, "head", bias_shift=version_tag * 1e-3, nan=nan)
     if nan_after:
         y = _counter_guard(mb, g, y, outputs, nan_after)
@@ -316,7 +338,8 @@ def write_model(path: str | Path, **kw) -> Path:
     than a small dense model); fail_at_invoke: loads and allocates, raises at invoke;
     huge: needs a 4 GiB arena at allocate_tensors; version_tag: shifts the head's bias by
     tag/1000, so versions differ in a few bytes; nan_after=K: finite for K invokes, NaN after;
-    filters: conv output channels; hang: a WHILE loop of 2e9 steps inside invoke (a hung model).
+    filters: conv output channels; hang: a WHILE loop of 2e9 steps inside invoke (a hung model);
+    hang_after=K: works for K invokes, then hangs inside every invoke (a model that hangs in service).
     """
     p = Path(path)
     p.write_bytes(build_model(**kw))
@@ -370,10 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nan", action="store_true")
     ap.add_argument("--nan-after", type=int, default=0)
     ap.add_argument("--slow", type=int, default=0)
+    ap.add_argument("--hang-after", type=int, default=0)
     a = ap.parse_args(argv)
     p = write_model(a.out, kind=a.kind, input_shape=tuple(int(x) for x in a.input_shape.split(",")),
                     input_dtype=a.input_dtype, outputs=a.outputs, seed=a.seed, version_tag=a.version_tag,
-                    nan=a.nan, nan_after=a.nan_after, slow=a.slow)
+                    nan=a.nan, nan_after=a.nan_after, slow=a.slow, hang_after=a.hang_after)
     print(p)
     return 0
 

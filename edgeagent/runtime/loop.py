@@ -50,6 +50,64 @@ class ModelCounters:
         }
 
 
+class Shadow:
+    """The model that served before a trial, run again on the same live frames as the new one.
+
+    Judging a trial against figures taken before the swap compares two different moments (a busy
+    neighbour, the health child, thermal throttling): one lost time slice read as a 2x regression.
+    So during probation the loop runs the previous model on some of the very frames the new one
+    serves, back to back, alternating which goes first, and keeps the pair of invoke times. The
+    judge reads the median of the paired ratios. Shadow invokes take at most `budget` of the
+    trial's wall time, so serving keeps (1 - budget) of its rate at worst, and nothing at a
+    rate that leaves idle time.
+    """
+
+    MAX_PAIRS = 1024
+
+    def __init__(self, model: Any, *, budget: float, compare: bool) -> None:
+        self.model = model
+        self.budget = budget
+        self.compare = compare  # compare outputs too (min_agreement_pct)
+        self.started = time.monotonic()
+        self.spent = 0.0  # seconds of shadow work so far
+        self.new_ms: collections.deque = collections.deque(maxlen=self.MAX_PAIRS)
+        self.old_ms: collections.deque = collections.deque(maxlen=self.MAX_PAIRS)
+        self.pairs = 0
+        self.compared = 0
+        self.agreed = 0
+        self.errors = 0
+        self.last_error = ""
+        self._classifier = None
+
+    def due(self, now: float) -> bool:
+        return self.spent <= self.budget * (now - self.started)
+
+    def agree(self, new: np.ndarray, old: np.ndarray) -> bool:
+        """Classifier-shaped outputs ([1, C], C > 1) agree on the argmax; others within 5%
+        of the previous output's scale."""
+        if self._classifier is None:
+            self._classifier = new.ndim == 2 and new.shape[0] == 1 and new.shape[1] > 1
+        if new.shape != old.shape:
+            return False
+        if self._classifier:
+            return int(new.argmax()) == int(old.argmax())
+        scale = float(np.abs(old).max()) + 1e-6
+        return float(np.abs(new.astype(np.float32) - old).max()) <= 0.05 * scale
+
+    def summary(self) -> dict:
+        """Figures for the judge and for status (copies: read from another thread)."""
+        new, old = list(self.new_ms), list(self.old_ms)
+        n = min(len(new), len(old))
+        new, old = new[:n], old[:n]
+        out = {"pairs": self.pairs, "compared": self.compared, "agreed": self.agreed, "errors": self.errors,
+               "last_error": self.last_error or None, "ratio": None, "new_p50_ms": None, "old_p50_ms": None}
+        if n:
+            ratios = np.array(new) / np.maximum(np.array(old), 1e-6)
+            out.update(ratio=round(float(np.median(ratios)), 4), new_p50_ms=round(float(np.median(new)), 4),
+                       old_p50_ms=round(float(np.median(old)), 4))
+        return out
+
+
 class InferenceLoop:
     def __init__(
         self,
@@ -85,6 +143,8 @@ class InferenceLoop:
         self._finite_every = max(1, check_finite_every)
         self._ends = np.zeros(4096, dtype=np.float64)  # frame end times, for the swap-gap benchmark
         self.first_frame = threading.Event()
+        self.shadow: Shadow | None = None  # set for the length of a trial
+        self.in_model_since = 0.0  # monotonic start of the model call in progress, 0 outside one
 
     # -- control (any thread) -------------------------------------------------------------
     def start(self) -> None:
@@ -119,6 +179,17 @@ class InferenceLoop:
             self._pending[1].cancel()
         self._pending = (model, fut)
         return fut
+
+    def set_shadow(self, shadow: Shadow | None) -> None:
+        """Run `shadow` beside the served model from the next frame on (None: stop)."""
+        self.shadow = shadow
+
+    def model_stalled_s(self, now: float | None = None) -> float:
+        """How long the current call into the model (preprocess, invoke, outputs) has run; 0
+        when the loop is not inside the model. A hung interpreter shows here, a slow camera
+        does not."""
+        since = self.in_model_since
+        return ((now or time.monotonic()) - since) if since else 0.0
 
     def recent_frames(self) -> list[np.ndarray]:
         """Copies of recent real input frames (health checks run the new model on these)."""
@@ -177,13 +248,31 @@ class InferenceLoop:
                 stop.wait(min(self._period or 0.05, 0.5))
                 next_t = time.monotonic()
                 continue
+            shadow = self.shadow
+            shadow_first = False
+            if shadow is not None:
+                if shadow.model is model or not shadow.due(time.monotonic()):
+                    shadow = None
+                else:
+                    shadow_first = shadow.pairs % 2 == 1  # alternate who runs first
+            self.in_model_since = time.monotonic()
             t1 = _perf()
             try:
+                if shadow_first:
+                    old_ms = self._shadow_invoke(shadow, frame)
+                    t1 = _perf()
                 model.preprocess(frame)
                 t2 = _perf()
                 model.invoke()
                 t3 = _perf()
                 outs = model.outputs_view()
+                if shadow is not None:
+                    ts = _perf()
+                    if not shadow_first:
+                        old_ms = self._shadow_invoke(shadow, frame)
+                    self._shadow_record(shadow, (t3 - t2) * 1e3, old_ms, outs)
+                    shadow_dt = _perf() - ts  # not part of the served frame's postprocess
+                self.in_model_since = 0.0
                 frame_no += 1
                 if frame_no % self._finite_every == 0:
                     for o in outs:
@@ -192,12 +281,14 @@ class InferenceLoop:
                             self.errors += 1
                             break
             except SourceError as e:  # a frame that cannot be adapted: bad input data
+                self.in_model_since = 0.0
                 self.input_errors += 1
                 counters.last_error = str(e)
                 self.heartbeat = time.monotonic()
                 stop.wait(min(self._period or 0.05, 0.5))
                 continue
             except Exception as e:  # noqa: BLE001 - a failing model must not stop the loop
+                self.in_model_since = 0.0
                 counters.errors += 1
                 self.errors += 1
                 counters.last_error = str(e) if isinstance(e, EdgeAgentError) else f"{type(e).__name__}: {e}"
@@ -205,6 +296,8 @@ class InferenceLoop:
                 stop.wait(min(self._period or 0.01, 0.5))
                 continue
             t4 = _perf()
+            if shadow is not None:
+                t4 -= shadow_dt
             stats.record((t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3)
             counters.frames += 1
             counters.invoke_ms.append((t3 - t2) * 1e3)
@@ -232,3 +325,32 @@ class InferenceLoop:
                     stop.wait(next_t - now)
             else:
                 next_t = now
+
+    @staticmethod
+    def _shadow_invoke(shadow: Shadow, frame: np.ndarray) -> float | None:
+        """Run the previous model on this frame; its invoke time in ms (None if it failed)."""
+        t0 = _perf()
+        try:
+            shadow.model.preprocess(frame)
+            t1 = _perf()
+            shadow.model.invoke()
+            ms = (_perf() - t1) * 1e3
+        except Exception as e:  # noqa: BLE001 - the old model failing says nothing of the new one
+            shadow.errors += 1
+            shadow.last_error = str(e)
+            ms = None
+        shadow.spent += _perf() - t0
+        return ms
+
+    @staticmethod
+    def _shadow_record(shadow: Shadow, new_ms: float, old_ms: float | None, outs: list[np.ndarray]) -> None:
+        t0 = _perf()
+        if old_ms is not None:
+            shadow.new_ms.append(new_ms)
+            shadow.old_ms.append(old_ms)
+            shadow.pairs += 1
+            if shadow.compare and outs:
+                shadow.compared += 1
+                if shadow.agree(outs[0], shadow.model.outputs_view()[0]):
+                    shadow.agreed += 1
+        shadow.spent += _perf() - t0

@@ -34,9 +34,16 @@ from edgeagent.runtime.loop import InferenceLoop
 from edgeagent.service.events import EventBus
 from edgeagent.service.sdnotify import Notifier
 from edgeagent.state.store import SlotStore
+from edgeagent.state.timefloor import TimeFloor
 from edgeagent.telemetry.collector import TelemetryCollector
 
 log = logging.getLogger("edgeagent")
+
+# Exit status when the daemon must restart to leave a stuck interpreter (state already persisted).
+# Not 0 (Restart=on-failure restarts it) and not 2 (configuration errors, which a restart cannot fix).
+EXIT_RESTART = 3
+_RESTART = -1  # queued like a signal
+CLOCK_FLOOR_EVERY_S = 3600.0
 
 
 def _fmt(v: Any, unit: str = "", nd: int = 1) -> str:
@@ -82,6 +89,7 @@ class Agent:
         self.last_telemetry: dict | None = None
         self._signals: queue.Queue[int] = queue.Queue()
         self._stopping = threading.Event()
+        self.restart_reason: str | None = None
         self._interactive = sys.stderr.isatty()
 
     # -- models -----------------------------------------------------------------------------
@@ -110,6 +118,7 @@ class Agent:
             initial=m.initial,
             initial_version=m.initial_version,
             max_attempts=self.config.update.max_trial_attempts,
+            max_crashes=self.config.update.max_crash_restarts,
         )
         for ev in plan.events:
             ev = dict(ev)
@@ -124,6 +133,7 @@ class Agent:
             plan = self.store.boot(
                 model_name=m.name, initial=m.initial, initial_version=m.initial_version,
                 max_attempts=self.config.update.max_trial_attempts,
+                max_crashes=self.config.update.max_crash_restarts,
             )
             self.boot_plan = plan
             model = self.load_model(plan.path)
@@ -143,6 +153,7 @@ class Agent:
         self.control = ControlServer(cfg.control.socket, self.dispatcher, self.events)
         self.control.start()
         model = self._boot_model()
+        self._observe_clock()
         source = ResilientSource(make_source(cfg.input, model.inputs[0]), on_state=self._on_input_state)
         source.open()
         self.loop = InferenceLoop(
@@ -159,6 +170,8 @@ class Agent:
         if cfg.mqtt.host:
             self._start_transport()
         self.loop.start()
+        self._serving_since = time.monotonic()
+        self._boot_confirmed = False
         self.updater.resume(self.boot_plan)
         log.info("serving %s v%s from slot %s (%s backend, input %s at %s Hz)",
                  self.model_info["name"], self.model_info["version"], self.model_info["slot"],
@@ -217,6 +230,47 @@ class Agent:
             items.append(item)
         self.transport.publish("output", {"ts": round(time.time(), 3), "model": self.model_info.get("version"), "outputs": items}, qos=0)
 
+    def _observe_clock(self) -> None:
+        """Keep the persisted time floor (update expiry on devices without an RTC) near now."""
+        self._clock_checked = time.monotonic()
+        try:
+            if not TimeFloor(self.config.state_dir).observe_wall_clock():
+                log.warning("the wall clock is below the last time this device saw: not synchronised yet "
+                            "(update expiry is judged against the saved time floor)")
+        except OSError as e:
+            log.warning("could not save the time floor: %s", e)
+
+    def request_restart(self, reason: str) -> None:
+        """Leave through systemd: the inference thread is stuck in native code that cannot be
+        interrupted. Whatever must survive has been persisted by the caller."""
+        if self.restart_reason is None:
+            self.restart_reason = reason
+            log.error("restarting: %s", reason)
+            self._signals.put(_RESTART)
+
+    def stall_limit_s(self) -> float:
+        """How long the served model may hold the loop in one call before it counts as hung."""
+        from edgeagent.update.probation import stall_limit_s
+
+        assert self.loop is not None
+        p50 = self.loop.counters.to_dict()["invoke_p50_ms"] or 0.0
+        frame_s = max(1.0 / self.loop.rate_hz if self.loop.rate_hz else 0.0, p50 / 1e3)
+        return stall_limit_s(frame_s, self.notifier.watchdog_s)
+
+    def _supervise_model(self, now: float) -> None:
+        """Outside a trial (probation judges those), a model that holds the loop far past its own
+        frame time is hung: restart, so the crash-window count can roll it back if it does it
+        again. And once a model has served a whole crash window, its starts were not crashes."""
+        assert self.loop is not None
+        on_trial = self.updater is not None and self.updater.on_trial
+        stalled = self.loop.model_stalled_s(now)
+        if not on_trial and stalled > self.stall_limit_s():
+            self.request_restart(f"inference stalled inside the model for {stalled:.1f} s")
+        elif not self._boot_confirmed and not on_trial and not stalled \
+                and time.monotonic() - self._serving_since >= self.config.update.crash_window_s:
+            self._boot_confirmed = True
+            self.store.confirm_boot()
+
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -237,6 +291,8 @@ class Agent:
             if sig in (signal.SIGTERM, signal.SIGINT):
                 log.info("received %s, stopping", signal.Signals(sig).name)
                 break
+            if sig == _RESTART:
+                break
             if sig == signal.SIGHUP:
                 log.info("SIGHUP: configuration reload needs a restart; ignoring")
             if not ready:
@@ -248,6 +304,9 @@ class Agent:
             # (stuck invoke, deadlock) stops the pings and systemd restarts us.
             if wd and now - self.loop.heartbeat < wd / 2:
                 self.notifier.watchdog()
+            self._supervise_model(now)
+            if now - self._clock_checked >= CLOCK_FLOOR_EVERY_S:
+                self._observe_clock()
             if now >= next_tel:
                 next_tel = now + self.config.telemetry.interval_s
                 self.publish_telemetry()
@@ -256,7 +315,7 @@ class Agent:
                     next_line = now + 60
                     log.info("%s", figures_line(self.last_telemetry))
         self.stop()
-        return 0
+        return EXIT_RESTART if self.restart_reason else 0
 
     def publish_telemetry(self) -> dict:
         assert self.loop is not None
@@ -280,6 +339,12 @@ class Agent:
             return
         self._stopping.set()
         self.notifier.stopping()
+        if self.restart_reason is None and self.loop is not None and self.loop.running \
+                and not self.loop.model_stalled_s() and not (self.updater and self.updater.on_trial):
+            try:  # a clean stop of a healthy model: its starts so far were not crashes
+                self.store.confirm_boot()
+            except EdgeAgentError as e:
+                log.warning("could not record the clean stop: %s", e)
         if self.updater is not None:
             self.updater.stop()
         if self.loop is not None:
@@ -349,7 +414,15 @@ class Agent:
 def run_daemon(cfg: Config) -> int:
     agent = Agent(cfg)
     try:
-        return agent.run()
+        code = agent.run()
     except EdgeAgentError:
         agent.stop()
         raise
+    if agent.restart_reason:
+        # The inference thread is still inside native code: interpreter shutdown could wait on
+        # it or free what it uses. Everything was persisted and stopped; leave now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

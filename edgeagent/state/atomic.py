@@ -44,8 +44,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, mode: int = 0o644) -> N
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), mode)
 
 
-def copy_durable(src: str | os.PathLike, dst: str | os.PathLike, chunk: int = 1 << 20) -> tuple[str, int]:
-    """Copy src to dst atomically and durably; return (sha256 hex, size) of what was written."""
+def copy_durable(src: str | os.PathLike, dst: str | os.PathLike, chunk: int = 1 << 20,
+                 mode: int | None = None) -> tuple[str, int]:
+    """Copy src to dst atomically and durably (with `mode` when given); return (sha256 hex, size)."""
     import hashlib
 
     dst = Path(dst)
@@ -61,6 +62,8 @@ def copy_durable(src: str | os.PathLike, dst: str | os.PathLike, chunk: int = 1 
             fo.write(b)
             size += len(b)
         fo.flush()
+        if mode is not None:
+            os.fchmod(fo.fileno(), mode)
         os.fsync(fo.fileno())
     os.replace(tmp, dst)
     fsync_dir(dst.parent)

@@ -28,6 +28,7 @@ log = logging.getLogger("edgeagent.state")
 
 SLOTS = ("a", "b")
 FORMAT = 1
+SLOT_FILE_MODE = 0o444  # a slot's model is never modified in place: it is replaced whole, or not at all
 
 
 def now_rfc3339() -> str:
@@ -58,6 +59,9 @@ class State:
     high_water: dict = field(default_factory=dict)
     generation: int = 0
     last_rollback: dict | None = None
+    # starts of the active slot's model since it last served a whole crash window (or stopped
+    # cleanly): {"slot", "sha256", "count"}. RAUC's boot attempts, for committed models.
+    boots: dict | None = None
     format: int = FORMAT
 
     def to_json(self) -> dict:
@@ -73,7 +77,8 @@ class State:
         for k in SLOTS:
             slots.setdefault(k, None)
         return cls(active=d["active"], slots=slots, trial=d.get("trial"), high_water=dict(d.get("high_water") or {}),
-                   generation=int(d.get("generation", 0)), last_rollback=d.get("last_rollback"))
+                   generation=int(d.get("generation", 0)), last_rollback=d.get("last_rollback"),
+                   boots=d.get("boots") if isinstance(d.get("boots"), dict) else None)
 
 
 @dataclass
@@ -113,12 +118,19 @@ class SlotStore:
         return st
 
     def verify_slot(self, slot: str, st: State | None = None) -> bool:
+        """The slot's model file is there, read-only, and hashes to what state.json says."""
         st = st or self.state()
         info = st.slots.get(slot) if st else None
         p = self.slot_path(slot)
         if info is None or not info.sha256 or not p.is_file():
             return False
-        return sha256_file(p) == info.sha256
+        if sha256_file(p) != info.sha256:
+            return False
+        mode = p.stat().st_mode
+        if mode & 0o222:  # a serving model file is immutable; put right what an older version left
+            log.warning("%s was writable (mode %o); made read-only", p, mode & 0o777)
+            os.chmod(p, SLOT_FILE_MODE)
+        return True
 
     def inactive_slot(self) -> str:
         st = self.state()
@@ -148,7 +160,7 @@ class SlotStore:
         if not os.path.isfile(initial):
             raise StateError("state.no_model", f"model.initial {initial}: no such file")
         self.slot_path(slot).parent.mkdir(parents=True, exist_ok=True)
-        sha, size = copy_durable(initial, self.slot_path(slot))
+        sha, size = copy_durable(initial, self.slot_path(slot), mode=SLOT_FILE_MODE)
         return SlotInfo(model_name, version, sha, size, now_rfc3339(), "good")
 
     def _recover(self, model_name: str) -> State | None:
@@ -164,7 +176,43 @@ class SlotStore:
                     st.active, found = s, True
         return st if found else None
 
-    def boot(self, *, model_name: str, initial: str, initial_version: int, max_attempts: int) -> BootPlan:
+    def _count_boot(self, st: State, max_crashes: int, events: list) -> None:
+        """A committed model that keeps ending in a crash or a watchdog restart is rolled back
+        while the other slot still holds the good model it replaced (RAUC's boot attempts).
+        A start counts until the model has served a whole crash window or stopped cleanly."""
+        cur = st.slots.get(st.active)
+        b = st.boots or {}
+        same = b.get("slot") == st.active and cur is not None and b.get("sha256") == cur.sha256
+        count = int(b.get("count", 0)) + 1 if same else 1
+        crashes = count - 1
+        alt = other(st.active)
+        alt_info = st.slots.get(alt)
+        if crashes >= max_crashes and alt_info is not None and alt_info.status == "good" and self.verify_slot(alt, st):
+            reason = f"crash_loop: {crashes} unclean restart(s) of this model before it served a whole crash window"
+            frm = st.active
+            cur.status, cur.reason = "bad", reason
+            st.active = alt
+            st.last_rollback = {"from": frm, "to": alt, "reason": reason, "at": now_rfc3339()}
+            events.append({"event": "update.rolled_back", "version": cur.version, "to_version": alt_info.version,
+                           "slot": alt, "reason": reason, "automatic": True})
+            count = 1
+        elif crashes >= max_crashes:
+            log.error("slot %s crashed %d times in a row and the other slot holds no good model to go back to",
+                      st.active, crashes)
+        st.boots = {"slot": st.active, "sha256": (st.slots.get(st.active) or SlotInfo()).sha256, "count": count}
+
+    def confirm_boot(self) -> None:
+        """The active model served a whole crash window (or stopped cleanly): its starts so far
+        were not crashes."""
+        with self.lock:
+            st = self.state()
+            if st is None or st.trial or not st.boots or int(st.boots.get("count", 0)) == 0:
+                return
+            st.boots = {**st.boots, "count": 0}
+            self._write(st)
+
+    def boot(self, *, model_name: str, initial: str, initial_version: int, max_attempts: int,
+             max_crashes: int = 3) -> BootPlan:
         """Decide which slot to serve at start, persisting every decision before it is acted on."""
         events: list[dict] = []
         with self.lock:
@@ -193,7 +241,9 @@ class SlotStore:
                     st.last_rollback = {"from": t["slot"], "to": st.active, "reason": reason, "at": now_rfc3339()}
                     events.append({"event": "update.rolled_back", "version": bad.version if bad else None,
                                    "reason": reason, "slot": st.active})
-                self._write(st)  # the attempt is counted before the model is loaded
+            else:
+                self._count_boot(st, max_crashes, events)
+            self._write(st)  # the attempt is counted before the model is loaded
             if not self.verify_slot(st.active, st):
                 cur = st.active
                 why = "missing" if not self.slot_path(cur).is_file() else "sha256 mismatch"
@@ -255,6 +305,7 @@ class SlotStore:
                         "probation_s": probation_s, "min_inferences": min_inferences, **(extra or {})}
             info.status, info.reason = "trial", None
             st.active = slot
+            st.boots = {"slot": slot, "sha256": info.sha256, "count": 1}  # this run is the model's first start
             if info.model and info.version is not None:
                 st.high_water[info.model] = max(int(st.high_water.get(info.model, 0)), int(info.version))
 
@@ -284,6 +335,7 @@ class SlotStore:
             st.trial = None
             st.active = to
             st.last_rollback = {"from": frm, "to": to, "reason": reason, "at": now_rfc3339()}
+            st.boots = {"slot": to, "sha256": info.sha256, "count": 1}
 
         return self._transition(change)
 

@@ -2,18 +2,25 @@
 
 A model that crashes the interpreter (a bad op, a huge arena, a segfault in a delegate) must not
 take the daemon down, so the check runs in a fresh Python process under a memory cap. The child
-loads the candidate AND the current model and alternates invokes on the same real recent frames:
-comparing the two there, under the same conditions, is fairer than comparing against the figures
-of the live loop. The parent only reads one JSON line back.
+loads the candidate AND the current model and runs them back to back on each of the same real
+recent frames, alternating which goes first: a busy neighbour then slows both halves of a pair,
+and the median of the paired ratios is what is judged. The parent only reads one JSON line back.
+
+The child is a guest on a device that is serving: it runs at a lower CPU priority (nice), imports
+nothing but numpy and the interpreter, and dies with the daemon (PR_SET_PDEATHSIG).
 
 Checks: the candidate loads; its input/output signature matches what the pipeline feeds and
 reads (unless the manifest's `io` announces exactly the new signature and the real frames can be
 adapted to it); outputs are finite; its latency is within max_latency_factor of the current model
-(and under the manifest's max_latency_ms when given).
+(and under the manifest's max_latency_ms when given); and, when the manifest carries a golden
+set, enough of its examples pass.
 """
 
 from __future__ import annotations
 
+import base64
+import ctypes
+import io
 import json
 import os
 import resource
@@ -29,6 +36,8 @@ from typing import Any
 import numpy as np
 
 DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of data segment for the child
+CHILD_NICE = 10  # the serving loop keeps the CPU it needs while a candidate is checked
+PR_SET_PDEATHSIG = 1
 # A latency regression must also exceed this many ms: for µs-scale models, scheduling noise
 # alone makes ratios of 2x and more.
 LATENCY_NOISE_MS = 0.2
@@ -41,8 +50,9 @@ class HealthResult:
     reason: str = ""
     latency_ms: float | None = None
     baseline_ms: float | None = None
-    factor: float | None = None
+    factor: float | None = None  # median of the paired candidate/baseline invoke ratios
     frames: int = 0
+    golden: dict | None = None  # {"examples", "passed", "pass_pct", "min_pass_pct", "mode"}
     io: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -64,6 +74,7 @@ class HealthRequest:
     input_std: float = 255.0
     runs: int = 3
     memory_limit: int = DEFAULT_MEMORY_LIMIT
+    golden: dict | None = None  # the manifest's health.golden {"npz_b64", "min_pass_pct", "tol_e6"}
 
 
 def _sig_of(model: Any) -> dict:
@@ -74,19 +85,79 @@ def _shapes(sig: dict, side: str) -> list[tuple]:
     return [(tuple(t["shape"]), t["dtype"]) for t in sig.get(side, [])]
 
 
-def _median_invoke(model: Any, frames: list[np.ndarray], runs: int) -> tuple[float, bool]:
-    times = []
+def _timed_invoke(model: Any, frame: np.ndarray) -> tuple[float, bool]:
+    model.preprocess(frame)
+    t = time.perf_counter()
+    model.invoke()
+    ms = (time.perf_counter() - t) * 1e3
+    return ms, all(bool(np.isfinite(o).all()) for o in model.outputs_view())
+
+
+def _paired_invokes(cand: Any, base: Any | None, frames: list[np.ndarray], runs: int) -> tuple[list, list, bool]:
+    """Candidate and baseline back to back on each frame, alternating which goes first, so both
+    halves of a pair share the conditions of that instant. Returns (cand_ms, base_ms, finite)."""
+    cand_ms: list[float] = []
+    base_ms: list[float] = []
     finite = True
+    i = 0
     for _ in range(runs):
         for f in frames:
-            model.preprocess(f)
-            t = time.perf_counter()
-            model.invoke()
-            times.append((time.perf_counter() - t) * 1e3)
-            for o in model.outputs_view():
-                if not np.isfinite(o).all():
-                    finite = False
-    return float(np.median(times)), finite
+            if base is not None and i % 2:
+                base_ms.append(_timed_invoke(base, f)[0])
+            ms, ok = _timed_invoke(cand, f)
+            cand_ms.append(ms)
+            finite = finite and ok
+            if base is not None and not i % 2:
+                base_ms.append(_timed_invoke(base, f)[0])
+            i += 1
+    return cand_ms, base_ms, finite
+
+
+MAX_GOLDEN_EXAMPLES = 10_000
+
+
+def load_golden(npz_b64: str, in_spec: Any, out_spec: Any) -> tuple[np.ndarray, np.ndarray, str]:
+    """The golden set: (inputs, expected, "labels" | "outputs"); ValueError says what is wrong."""
+    raw = base64.b64decode(npz_b64, validate=True)
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        names = set(z.files)
+        if "inputs" not in names or len(names & {"labels", "outputs"}) != 1:
+            raise ValueError(f"the npz must hold 'inputs' and one of 'labels' or 'outputs' (has {sorted(names)})")
+        inputs = z["inputs"]
+        mode = "labels" if "labels" in names else "outputs"
+        expected = z[mode]
+    want_in = tuple(in_spec.shape[1:])
+    if inputs.ndim < 1 or tuple(inputs.shape[1:]) != want_in or inputs.dtype != in_spec.dtype:
+        raise ValueError(f"inputs are {inputs.dtype} {list(inputs.shape)}, the model takes "
+                         f"{np.dtype(in_spec.dtype)} [N, {', '.join(map(str, want_in))}]")
+    n = inputs.shape[0]
+    if not 1 <= n <= MAX_GOLDEN_EXAMPLES:
+        raise ValueError(f"{n} examples (1 to {MAX_GOLDEN_EXAMPLES})")
+    if mode == "labels":
+        if expected.shape != (n,) or not np.issubdtype(expected.dtype, np.integer):
+            raise ValueError(f"labels must be {n} integers, got {expected.dtype} {list(expected.shape)}")
+    elif tuple(expected.shape) != (n, *out_spec.shape[1:]) or not np.issubdtype(expected.dtype, np.number):
+        raise ValueError(f"outputs are {list(expected.shape)}, output 0 is [N, {', '.join(map(str, out_spec.shape[1:]))}]")
+    return inputs, expected, mode
+
+
+def run_golden(model: Any, golden: dict) -> dict:
+    """Run every golden example; an example passes when the argmax of output 0 is its label, or
+    when output 0 is within tol_e6/1e6 of the expected output (relative and absolute)."""
+    inputs, expected, mode = load_golden(golden["npz_b64"], model.inputs[0], model.outputs[0])
+    tol = int(golden.get("tol_e6", 1000)) / 1e6
+    passed = 0
+    for x, want in zip(inputs, expected):
+        model.preprocess(x)  # same shape and dtype as input 0: a straight copy
+        model.invoke()
+        out = model.outputs_view()[0][0]
+        if mode == "labels":
+            passed += int(int(np.argmax(out)) == int(want))
+        else:
+            passed += int(np.allclose(out, want, rtol=tol, atol=tol))
+    n = len(inputs)
+    return {"examples": n, "passed": passed, "pass_pct": round(100.0 * passed / n, 2),
+            "min_pass_pct": int(golden["min_pass_pct"]), "mode": mode}
 
 
 def run_checks(req: HealthRequest) -> HealthResult:
@@ -125,22 +196,37 @@ def run_checks(req: HealthRequest) -> HealthResult:
             if base is not None:
                 base.preprocess(f)
                 base.invoke()
-        lat, finite = _median_invoke(cand, frames, req.runs)
+        cand_ms, base_ms, finite = _paired_invokes(cand, base, frames, req.runs)
     except EdgeAgentError as e:
         return HealthResult(False, "health.invoke_failed", e.message, io=sig)
+    lat = float(np.median(cand_ms))
     if not finite:
         return HealthResult(False, "health.nonfinite", "outputs contain NaN or Inf on real inputs", latency_ms=lat, io=sig)
     res = HealthResult(True, latency_ms=round(lat, 3), frames=len(frames), io=sig)
     if base is not None:
-        blat, _ = _median_invoke(base, frames, req.runs)
+        blat = float(np.median(base_ms))
         res.baseline_ms = round(blat, 3)
-        res.factor = round(lat / max(blat, 1e-6), 3)
+        res.factor = round(float(np.median(np.array(cand_ms) / np.maximum(np.array(base_ms), 1e-6))), 3)
         if res.factor > req.max_latency_factor and lat - blat > LATENCY_NOISE_MS:
             res.ok, res.code = False, "health.too_slow"
-            res.reason = f"invoke {lat:.2f} ms is {res.factor:.1f}x the current {blat:.2f} ms (limit {req.max_latency_factor}x)"
+            res.reason = (f"invoke {lat:.2f} ms vs {blat:.2f} ms for the current model on the same frames, median "
+                          f"paired ratio {res.factor:.2f} (limit {req.max_latency_factor}x)")
     if res.ok and req.max_latency_ms is not None and lat > req.max_latency_ms:
         res.ok, res.code = False, "health.too_slow"
         res.reason = f"invoke {lat:.2f} ms exceeds the manifest's max_latency_ms {req.max_latency_ms}"
+    if res.ok and req.golden:
+        try:
+            res.golden = run_golden(cand, req.golden)
+        except (ValueError, KeyError, OSError) as e:  # a bad npz (zip, dtype, shape) is the publisher's fault
+            res.ok, res.code, res.reason = False, "health.golden_invalid", f"golden set: {str(e)[:300]}"
+        except EdgeAgentError as e:
+            res.ok, res.code, res.reason = False, "health.invoke_failed", f"golden set: {e.message}"
+        else:
+            g = res.golden
+            if g["pass_pct"] < g["min_pass_pct"]:
+                res.ok, res.code = False, "health.golden_failed"
+                res.reason = (f"{g['passed']} of {g['examples']} golden examples pass ({g['pass_pct']}%, "
+                              f"min {g['min_pass_pct']}%)")
     res.seconds = round(time.monotonic() - t0, 3)
     return res
 
@@ -156,14 +242,16 @@ def check(req: HealthRequest, frames: list[np.ndarray], *, timeout_s: float, wor
     req = HealthRequest(**{**asdict(req), "frames_file": frames_file})
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeagent.update.health"],
+            [sys.executable, "-m", "edgeagent.update.health", str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+            # same session: with autogroup scheduling a new session would be a new group, and
+            # the child's nice would no longer yield to the serving loop
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
             out, err = proc.communicate(json.dumps(asdict(req)).encode(), timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.communicate()
             return HealthResult(False, "health.timeout", f"no answer within {timeout_s:.0f} s")
     finally:
@@ -181,7 +269,30 @@ def check(req: HealthRequest, frames: list[np.ndarray], *, timeout_s: float, wor
     return res
 
 
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL when the daemon dies (even by SIGKILL), so no orphan keeps a core busy."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the parent's timeout still ends us
+        return
+    if os.getppid() != parent:  # the parent died before the prctl
+        os._exit(1)
+
+
+def _be_a_guest() -> None:
+    """Lower priority than the serving loop. (SCHED_IDLE would starve the check on a device at
+    full load until it times out; nice keeps it a small, fair share.)"""
+    try:
+        os.nice(CHILD_NICE)
+    except OSError:
+        pass
+
+
 def _child() -> int:
+    if len(sys.argv) > 1:
+        _die_with_parent(int(sys.argv[1]))
+    _be_a_guest()
     req = HealthRequest(**json.loads(sys.stdin.read()))
     if req.memory_limit:
         # RLIMIT_DATA caps heap and private mappings (Linux >= 4.7): a model that asks for a

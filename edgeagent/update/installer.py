@@ -14,6 +14,7 @@ import binascii
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from edgeagent.config import Config
 from edgeagent.errors import CommandError
+from edgeagent.state.timefloor import TimeFloor, utcnow
 from edgeagent.update import health as health_mod
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.fetch import fetch_to_staging
@@ -88,8 +90,11 @@ class Installer:
         emit: Emit,
         progress: Callable[[dict], None] | None = None,
         wait_transfer: Callable[[Any, Manifest], Path] | None = None,
+        clock: Callable[[], Any] = utcnow,
     ) -> None:
         self.cfg = cfg
+        self.clock = clock
+        self.time_floor = TimeFloor(cfg.state_dir)
         self.store = store
         self.staging = Staging(cfg.state_dir)
         self.emit = emit
@@ -106,8 +111,13 @@ class Installer:
         trusted = load_trusted_keys(list(ucfg.trusted_keys))
         st = self.store.state()
         highest = (st.high_water or {}).get(self.cfg.model.name) if st else None
+        now = self.clock()
+        floor = self.time_floor.get()
         m = verify_envelope(envelope, trusted=trusted, threshold=ucfg.threshold,
-                            model_name=self.cfg.model.name, highest_version=highest)
+                            model_name=self.cfg.model.name, highest_version=highest, now=now, time_floor=floor)
+        # a verified manifest proves its creation time has passed, whatever the clock says
+        created = datetime.strptime(m.created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        self.time_floor.raise_to(max(created, now) if floor is None or now >= floor else created)
         active = st.slots.get(st.active) if st else None
         if m.kind == "delta":
             if active is None or m.base.sha256 != active.sha256:
@@ -166,6 +176,7 @@ class Installer:
             candidate=str(target), baseline=baseline, frames_file="",
             manifest_io=m.io, max_latency_factor=self.cfg.update.max_latency_factor,
             max_latency_ms=(m.health.max_latency_ms if m.health else None),
+            golden=(m.health.golden.to_dict() if m.health and m.health.golden else None),
             backend=mc.backend, num_threads=mc.num_threads, input_mean=mc.input_mean, input_std=mc.input_std,
         )
         return health_mod.check(req, frames, timeout_s=self.cfg.update.health_timeout_s,

@@ -10,6 +10,7 @@ reference assignment in the loop, not a reload.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import queue
@@ -18,12 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from edgeagent.control.dispatcher import DEFERRED, Context, Dispatcher, require
 from edgeagent.errors import CommandError, EdgeAgentError, ModelError, StateError, TransportError
 from edgeagent.state.atomic import atomic_write_json
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.installer import Installed, Installer, PayloadSource
-from edgeagent.update.probation import Limits, judge
+from edgeagent.runtime.loop import Shadow
+from edgeagent.update.probation import Limits, judge, stall_limit_s
 from edgeagent.update.transfer import TransferStore
 
 log = logging.getLogger("edgeagent.update")
@@ -34,13 +38,30 @@ TRANSFER_STALL_S = 300.0
 MAX_EARLY_CHUNKS = 4096
 
 
+# How long a swap may wait for the loop to reach a frame boundary before the loop counts as stuck.
+SWAP_WAIT_S = 10.0
+
+
+def rss_mb() -> float:
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
+
+
 class _Trial:
-    def __init__(self, slot: str, previous: Any, baseline_ms: float | None, limits: Limits) -> None:
+    def __init__(self, slot: str, previous: Any, limits: Limits, shadow: Shadow | None, before: dict,
+                 version: int | None) -> None:
         self.slot = slot
         self.previous = previous  # the model that served before; kept loaded until commit
-        self.baseline_ms = baseline_ms
         self.limits = limits
+        self.shadow = shadow  # the previous model re-run on live frames (paired judgement)
+        self.before = before  # {"invoke_p50_ms", "rss_mb"} of the previous model
+        self.version = version
         self.started = time.monotonic()
+
+    def after(self, counters: dict) -> dict:
+        """The new model's figures, measured the same way as `before`."""
+        sh = self.shadow.summary() if self.shadow is not None else None
+        p50 = sh["new_p50_ms"] if sh and sh["pairs"] else counters.get("invoke_p50_ms")
+        return {"invoke_p50_ms": p50, "rss_mb": rss_mb()}
 
 
 class UpdateManager:
@@ -82,7 +103,8 @@ class UpdateManager:
                     prev = self.agent.load_model(self.store.slot_path(t["from"]))
             except ModelError as e:
                 log.warning("previous model (slot %s) does not load: %s", t["from"], e)
-            self._start_probation(plan.slot, prev, t.get("baseline_ms"), self._limits(t))
+            before = t.get("before") or {"invoke_p50_ms": t.get("baseline_ms"), "rss_mb": None}
+            self._start_probation(plan.slot, prev, self._limits(t, t.get("expected_ms")), before, t.get("version"))
         try:
             pending = json.loads(self._pending_file.read_text())
         except (OSError, ValueError):
@@ -101,6 +123,10 @@ class UpdateManager:
         t.start()
 
     # -- status -----------------------------------------------------------------------------
+    @property
+    def on_trial(self) -> bool:
+        return self._trial is not None
+
     def progress(self) -> dict | None:
         return dict(self._progress) if self._progress else None
 
@@ -115,7 +141,8 @@ class UpdateManager:
             c = loop.counters.to_dict()
             out.update(elapsed_s=round(time.monotonic() - tr.started, 1), inferences=c["frames"],
                        errors=c["errors"], nonfinite=c["nonfinite"], invoke_p50_ms=c["invoke_p50_ms"],
-                       baseline_ms=tr.baseline_ms)
+                       before=tr.before, stall_limit_s=tr.limits.stall_s,
+                       shadow=tr.shadow.summary() if tr.shadow is not None else None)
         return out
 
     # -- update -----------------------------------------------------------------------------
@@ -252,19 +279,48 @@ class UpdateManager:
             self._chunks.pop(tid, None)
 
     # -- switch, probation, commit, rollback ------------------------------------------------
-    def _limits(self, overrides: dict | None = None) -> Limits:
+    def _limits(self, overrides: dict | None = None, expected_ms: float | None = None) -> Limits:
         u = self.cfg.update
         o = overrides or {}
+        loop = self.agent.loop
+        period = 1.0 / loop.rate_hz if loop is not None and loop.rate_hz else 0.0
         return Limits(
             probation_s=float(o.get("probation_s") if o.get("probation_s") is not None else u.probation_s),
             min_inferences=int(o.get("min_inferences") if o.get("min_inferences") is not None else u.min_inferences),
             max_latency_factor=u.max_latency_factor,
             max_latency_ms=o.get("max_latency_ms"),
+            min_agreement_pct=o.get("min_agreement_pct"),
+            stall_s=stall_limit_s(max(period, (expected_ms or 0.0) / 1e3), self.agent.notifier.watchdog_s),
         )
+
+    def _swap(self, model: Any, stall_s: float | None = None) -> Any:
+        """Serve `model` from the next frame; the model it replaced, or None when the loop does not
+        reach a frame boundary in time (stuck inside an interpreter). State is persisted before
+        every swap, so the way out of a stuck loop is a restart: the daemon exits non-zero and
+        systemd starts it again on what state.json names."""
+        loop = self.agent.loop
+        fut = loop.swap(model)
+        deadline = time.monotonic() + SWAP_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                return fut.result(timeout=0.05)
+            except concurrent.futures.TimeoutError:
+                if stall_s is not None and loop.model_stalled_s() > stall_s:
+                    break  # known stuck: no point waiting out the deadline
+        self.agent.request_restart(f"the inference loop is stuck inside the model for "
+                                   f"{loop.model_stalled_s():.1f} s; restarting on the state just persisted")
+        return None
+
+    def _shadow_for(self, limits: Limits) -> Shadow | None:
+        budget = self.cfg.update.shadow_budget_pct / 100.0
+        if budget <= 0 and not limits.min_agreement_pct:
+            return None
+        return Shadow(self.agent.loop.model, budget=budget or 0.05, compare=bool(limits.min_agreement_pct))
 
     def _switch_to(self, inst: Installed) -> None:
         loop = self.agent.loop
         self._set_progress({"phase": "switch"})
+        before = {"invoke_p50_ms": loop.counters.to_dict()["invoke_p50_ms"], "rss_mb": rss_mb()}
         try:
             new = self.agent.load_model(inst.path)
             frames = loop.recent_frames()
@@ -276,21 +332,33 @@ class UpdateManager:
             raise UpdateRejected("update.health_failed", f"the new model does not load in the daemon: {e.message}") from None
         h = inst.manifest.health
         overrides = {"probation_s": h.probation_s, "min_inferences": h.min_inferences,
-                     "max_latency_ms": h.max_latency_ms} if h else {}
-        limits = self._limits(overrides)
-        baseline = loop.counters.to_dict()["invoke_p50_ms"]
+                     "max_latency_ms": h.max_latency_ms, "min_agreement_pct": h.min_agreement_pct} if h else {}
+        expected_ms = inst.health.get("latency_ms")
+        limits = self._limits(overrides, expected_ms)
         with self._switch:
             self.store.begin_trial(inst.slot, probation_s=limits.probation_s, min_inferences=limits.min_inferences,
-                                   extra={"baseline_ms": baseline, "max_latency_ms": limits.max_latency_ms,
+                                   extra={"before": before, "max_latency_ms": limits.max_latency_ms,
+                                          "min_agreement_pct": limits.min_agreement_pct, "expected_ms": expected_ms,
                                           "version": inst.manifest.version})
-            previous = loop.swap(new).result(timeout=10)
+            shadow = self._shadow_for(limits)
+            loop.set_shadow(shadow)  # starts with the first frame the new model serves
+            previous = self._swap(new)
             self._refresh_model_info()
+        if previous is None:
+            return  # restarting: the next start resumes the trial
         self.events.emit("update.trial", version=inst.manifest.version, slot=inst.slot,
                          probation_s=limits.probation_s, min_inferences=limits.min_inferences)
-        self._start_probation(inst.slot, previous, baseline, limits)
+        self._start_probation(inst.slot, previous, limits, before, inst.manifest.version, shadow)
 
-    def _start_probation(self, slot: str, previous: Any, baseline_ms: float | None, limits: Limits) -> None:
-        self._trial = _Trial(slot, previous, baseline_ms, limits)
+    def _start_probation(self, slot: str, previous: Any, limits: Limits, before: dict, version: int | None,
+                         shadow: Shadow | None = None) -> None:
+        loop = self.agent.loop
+        if shadow is None and previous is not None:
+            shadow = self._shadow_for(limits)
+            if shadow is not None:
+                shadow.model = previous
+                loop.set_shadow(shadow)
+        self._trial = _Trial(slot, previous, limits, shadow, before, version)
         self._spawn(self._probation, self._trial, name="probation")
 
     def _probation(self, trial: _Trial) -> None:
@@ -298,13 +366,21 @@ class UpdateManager:
         while not self._stop.wait(PROBATION_TICK_S):
             if self._trial is not trial:
                 return  # committed or rolled back by a command
-            v = judge(loop.counters.to_dict(), trial.baseline_ms, trial.limits, time.monotonic() - trial.started)
-            if v.decision == "commit":
-                self._commit(trial, v.reason)
-                return
-            if v.decision == "rollback":
-                self._rollback_trial(trial, v.reason, automatic=True)
-                return
+            shadow = trial.shadow.summary() if trial.shadow is not None else None
+            v = judge(loop.counters.to_dict(), shadow, trial.limits, time.monotonic() - trial.started,
+                      loop.model_stalled_s())
+            try:
+                if v.decision == "commit":
+                    self._commit(trial, v.reason)
+                elif v.decision == "rollback":
+                    self._rollback_trial(trial, f"{v.code}: {v.reason}", automatic=True)
+                else:
+                    continue
+            except StateError as e:  # a command decided first (commit / rollback)
+                log.info("probation verdict %s not applied: %s", v.decision, e)
+            except EdgeAgentError as e:
+                log.error("probation verdict %s failed: %s", v.decision, e)
+            return
 
     def _commit(self, trial: _Trial, reason: str) -> dict:
         with self._switch:
@@ -312,11 +388,14 @@ class UpdateManager:
                 raise StateError("state.no_trial", "no model is on trial")
             st = self.store.commit()
             self._trial = None
+            self.agent.loop.set_shadow(None)
             self._refresh_model_info()
+        counters = self.agent.loop.counters.to_dict()
         if trial.previous is not None:
             trial.previous.close()
         info = st.slots[st.active]
-        self.events.emit("update.committed", version=info.version, slot=st.active, reason=reason)
+        self.events.emit("update.committed", version=info.version, slot=st.active, reason=reason,
+                         before=trial.before, after=trial.after(counters))
         return {"slot": st.active, "version": info.version, "status": "good"}
 
     def _rollback_trial(self, trial: _Trial, reason: str, *, automatic: bool) -> dict:
@@ -328,16 +407,20 @@ class UpdateManager:
             if previous is None:  # after a restart whose previous model did not load
                 previous = self.agent.load_model(self.store.slot_path(self.store.state().trial["from"]))
             bad_version = self.store.state().slots[trial.slot].version
+            after = trial.after(loop.counters.to_dict())
             st = self.store.rollback(reason, mark_bad=True)  # persisted before the swap back
-            failed = loop.swap(previous).result(timeout=10)
+            loop.set_shadow(None)
+            failed = self._swap(previous, trial.limits.stall_s)
             self._trial = None
             self._refresh_model_info()
-        if failed is not previous:
+        if failed is not None and failed is not previous:
             failed.close()
         info = st.slots[st.active]
         self.events.emit("update.rolled_back", version=bad_version, to_version=info.version, slot=st.active,
-                         reason=reason, automatic=automatic)
-        return {"slot": st.active, "version": info.version, "rolled_back": bad_version, "reason": reason}
+                         reason=reason, automatic=automatic, before=trial.before, after=after,
+                         restarting=failed is None)
+        return {"slot": st.active, "version": info.version, "rolled_back": bad_version, "reason": reason,
+                "restarting": failed is None}
 
     def _refresh_model_info(self) -> None:
         st = self.store.state()
@@ -373,9 +456,10 @@ class UpdateManager:
                 model.invoke()
             frm = st.active
             st = self.store.rollback(reason, mark_bad=False)
-            old = loop.swap(model).result(timeout=10)
+            old = self._swap(model, self.agent.stall_limit_s())
             self._refresh_model_info()
-        old.close()
+        if old is not None:
+            old.close()
         info = st.slots[st.active]
         self.events.emit("rollback", slot=st.active, version=info.version, **{"from": frm}, reason=reason)
-        return {"slot": st.active, "version": info.version, "from": frm}
+        return {"slot": st.active, "version": info.version, "from": frm, "restarting": old is None}

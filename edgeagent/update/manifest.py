@@ -23,7 +23,11 @@ from edgeagent.update.canonical import canonical_bytes
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.keys import keyid
 
-MAX_ENVELOPE_BYTES = 64 * 1024
+# A manifest may carry a golden set (reference inputs), so it is larger than TUF's metadata;
+# still small enough for one MQTT message and the device's memory.
+MAX_ENVELOPE_BYTES = 512 * 1024
+MAX_GOLDEN_BYTES = 256 * 1024  # the decoded npz
+MAX_PROBATION_S = 86400
 TYPE = "edgeagent-update"
 SPEC_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -53,10 +57,22 @@ class Payload:
 
 
 @dataclass(frozen=True)
+class Golden:
+    npz_b64: str
+    min_pass_pct: int
+    tol_e6: int = 1000
+
+    def to_dict(self) -> dict:
+        return {"npz_b64": self.npz_b64, "min_pass_pct": self.min_pass_pct, "tol_e6": self.tol_e6}
+
+
+@dataclass(frozen=True)
 class HealthOverrides:
     probation_s: float | None = None
     max_latency_ms: float | None = None
     min_inferences: int | None = None
+    min_agreement_pct: int | None = None
+    golden: Golden | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +124,28 @@ def _str(v: Any, path: str, pattern: re.Pattern, what: str) -> str:
     return v
 
 
+def _golden(v: Any, path: str) -> Golden:
+    g = _obj(v, path, {"npz_b64", "min_pass_pct"}, {"tol_e6"})
+    b64 = g["npz_b64"]
+    if not isinstance(b64, str) or not b64:
+        raise _bad(f"{path}.npz_b64: expected a base64 string")
+    if len(b64) > (MAX_GOLDEN_BYTES * 4) // 3 + 4:
+        raise _bad(f"{path}.npz_b64: larger than {MAX_GOLDEN_BYTES} bytes decoded")
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad(f"{path}.npz_b64: not valid base64") from None
+    if not raw.startswith(b"PK"):
+        raise _bad(f"{path}.npz_b64: not an .npz (zip) file")
+    pct = _int(g["min_pass_pct"], f"{path}.min_pass_pct", 1)
+    if pct > 100:
+        raise _bad(f"{path}.min_pass_pct: expected 1 to 100")
+    tol = _int(g["tol_e6"], f"{path}.tol_e6", 0) if "tol_e6" in g else 1000
+    if tol > 1_000_000_000:
+        raise _bad(f"{path}.tol_e6: expected at most 1000000000")
+    return Golden(b64, pct, tol)
+
+
 def _time(v: Any, path: str) -> datetime:
     _str(v, path, _TIME, "RFC 3339 UTC time YYYY-MM-DDTHH:MM:SSZ")
     try:
@@ -140,8 +178,8 @@ def parse_signed(s: Any) -> Manifest:
         raise _bad(f"signed.spec_version: expected {SPEC_VERSION}")
     model = _str(s["model"], "signed.model", _NAME, "a name matching [A-Za-z0-9._-]{1,64}")
     version = _int(s["version"], "signed.version", 1)
-    _time(s["created"], "signed.created")
-    _time(s["expires"], "signed.expires")
+    if _time(s["created"], "signed.created") > _time(s["expires"], "signed.expires"):
+        raise _bad("signed.created: after signed.expires")
     kind = s["kind"]
     if kind not in ("delta", "full"):
         raise _bad("signed.kind: expected \"delta\" or \"full\"")
@@ -168,11 +206,20 @@ def parse_signed(s: Any) -> Manifest:
                       _int(p["size"], "signed.payload.size", 1), fmt, name)
     health = None
     if "health" in s:
-        h = _obj(s["health"], "signed.health", set(), {"probation_s", "max_latency_ms", "min_inferences"})
+        h = _obj(s["health"], "signed.health", set(),
+                 {"probation_s", "max_latency_ms", "min_inferences", "min_agreement_pct", "golden"})
+        agree = _int(h["min_agreement_pct"], "signed.health.min_agreement_pct", 1) if "min_agreement_pct" in h else None
+        if agree is not None and agree > 100:
+            raise _bad("signed.health.min_agreement_pct: expected 1 to 100")
+        probation = _num(h["probation_s"], "signed.health.probation_s") if "probation_s" in h else None
+        if probation is not None and probation > MAX_PROBATION_S:
+            raise _bad(f"signed.health.probation_s: at most {MAX_PROBATION_S} (a day)")
         health = HealthOverrides(
-            _num(h["probation_s"], "signed.health.probation_s") if "probation_s" in h else None,
+            probation,
             _num(h["max_latency_ms"], "signed.health.max_latency_ms", strict=True) if "max_latency_ms" in h else None,
             _int(h["min_inferences"], "signed.health.min_inferences") if "min_inferences" in h else None,
+            agree,
+            _golden(h["golden"], "signed.health.golden") if "golden" in h else None,
         )
     io = _io(s["io"], "signed.io") if "io" in s else None
     return Manifest(model, version, s["created"], s["expires"], kind, base, target, payload, health, io, s)
@@ -213,8 +260,13 @@ def _check_signatures(env: dict, trusted: dict[str, Ed25519PublicKey], threshold
 
 
 def verify_envelope(raw: bytes | str | dict, *, trusted: dict[str, Ed25519PublicKey], threshold: int,
-                    model_name: str, highest_version: int | None, now: datetime | None = None) -> Manifest:
-    """Untrusted envelope + what we trust -> a verified Manifest, or UpdateRejected."""
+                    model_name: str, highest_version: int | None, now: datetime | None = None,
+                    time_floor: datetime | None = None) -> Manifest:
+    """Untrusted envelope + what we trust -> a verified Manifest, or UpdateRejected.
+
+    time_floor: a time the device knows has passed (the newest `created` it verified, the last
+    wall time it saw). A wall clock below it is unsynchronised (a Pi without RTC boots in 1970):
+    expiry is then decided against the floor, never against the wrong clock."""
     if isinstance(raw, (bytes, str)):
         if len(raw) > MAX_ENVELOPE_BYTES:
             raise _bad(f"manifest is {len(raw)} bytes, limit {MAX_ENVELOPE_BYTES}")
@@ -234,7 +286,13 @@ def verify_envelope(raw: bytes | str | dict, *, trusted: dict[str, Ed25519Public
     if m.model != model_name:
         raise UpdateRejected("update.wrong_model", f"manifest is for model {m.model!r}, this device runs {model_name!r}")
     now = now or datetime.now(timezone.utc)
-    if _time(m.expires, "signed.expires") <= now:
+    expires = _time(m.expires, "signed.expires")
+    if time_floor is not None and now < time_floor:
+        if expires <= time_floor:
+            raise UpdateRejected("update.clock_unsynced",
+                                 f"the clock reads {now:%Y-%m-%dT%H:%M:%SZ}, before {time_floor:%Y-%m-%dT%H:%M:%SZ} "
+                                 f"that this device has already seen, and the manifest expired at {m.expires}")
+    elif expires <= now:
         raise UpdateRejected("update.expired", f"manifest expired at {m.expires}")
     if highest_version is not None:
         if m.version < highest_version:

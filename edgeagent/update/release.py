@@ -40,11 +40,26 @@ def _ts(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def golden_health(npz_path: str | os.PathLike, min_pass_pct: int, tol_e6: int | None = None) -> dict:
+    """`signed.health.golden` from an .npz file (`inputs` with `labels` or `outputs`)."""
+    import base64
+
+    try:
+        raw = Path(npz_path).read_bytes()
+    except OSError as e:
+        raise EdgeAgentError("release.bad_args", f"--golden {npz_path}: {e.strerror}") from None
+    g = {"npz_b64": base64.b64encode(raw).decode(), "min_pass_pct": int(min_pass_pct)}
+    if tol_e6 is not None:
+        g["tol_e6"] = int(tol_e6)
+    return g
+
+
 def make_release(*, keys: list[str], target: Path, base: Path | None, model: str, version: int, out_dir: Path,
                  force_full: bool = False, expires_days: int = 365, health: dict | None = None,
                  io: dict | None = None, base_version: int | None = None,
-                 progress: Progress | None = None) -> dict:
-    """Write the payload and the signed manifest into out_dir; return a summary dict."""
+                 progress: Progress | None = None, created: datetime | None = None) -> dict:
+    """Write the payload and the signed manifest into out_dir; return a summary dict.
+    `created` defaults to now; expires is now + expires_days."""
     if not _NAME.match(model):
         raise EdgeAgentError("release.bad_args", f"--model {model!r}: must match [A-Za-z0-9._-]{{1,64}}")
     if version < 1:
@@ -77,7 +92,7 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
     now = datetime.now(timezone.utc).replace(microsecond=0)
     signed = {
         "_type": TYPE, "spec_version": SPEC_VERSION, "model": model, "version": version,
-        "created": _ts(now), "expires": _ts(now + timedelta(days=expires_days)), "kind": kind,
+        "created": _ts(created or now), "expires": _ts(now + timedelta(days=expires_days)), "kind": kind,
         "target": {"sha256": tsha, "size": tsize},
         "payload": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "format": fmt, "name": name},
     }
@@ -87,7 +102,10 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
         signed["health"] = health
     if io:
         signed["io"] = io
-    parse_signed(signed)  # never publish what a device would refuse as malformed
+    try:
+        parse_signed(signed)  # never publish what a device would refuse as malformed
+    except EdgeAgentError as e:
+        raise EdgeAgentError("release.bad_args", e.message) from None
     manifest_path = out_dir / f"{model}-{version}.manifest.json"
     atomic_write_json(manifest_path, sign_envelope(signed, signers))
     if progress:

@@ -19,7 +19,7 @@ def test_make_demo_passes_and_reads_well():
     assert r.returncode == 0, out
     for step in range(1, 10):
         assert f"[{step}/9]" in out
-    for needle in ("update.committed", "rolled back (live)", "update.rolled_back: non-finite outputs",
+    for needle in ("update.committed", "rolled back (live)", "update.rolled_back: probation.nonfinite: non-finite outputs",
                    "marked bad", "demo OK"):
         assert needle in out, needle
     assert "Traceback" not in out and "DEBUG" not in out

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,8 @@ def test_every_refusal_leaves_slots_untouched_and_the_daemon_serving(tmp_path, k
     cases = {
         "update.bad_signature": {"manifest": _tamper_sig(json.loads(json.dumps(env))), "payload_url": url},
         "update.unknown_key": update_args(release(tmp_path, keys, v4, 4, base=model_path, base_version=3, key="untrusted")),
-        "update.expired": update_args(release(tmp_path, keys, v4, 5, base=model_path, base_version=3, expires_days=-1)),
+        "update.expired": update_args(release(tmp_path, keys, v4, 5, base=model_path, base_version=3, expires_days=-1,
+                                              created=datetime.now(timezone.utc) - timedelta(days=3))),
         "update.downgrade": update_args(release(tmp_path, keys, v4, 2, base=model_path, base_version=3)),
         "update.replay": update_args(release(tmp_path, keys, v4, 3, base=model_path, base_version=3)),
         "update.wrong_base": update_args(release(tmp_path, keys, v4, 6, base=other_base, base_version=3)),

@@ -58,6 +58,7 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         self.notify: socket.socket | None = None
         self.messages: list[str] = []
+        self.last_watchdog = 0.0
 
     @property
     def socket_path(self) -> str:
@@ -96,6 +97,8 @@ class Daemon:
                 return
             with self._cv:
                 self.messages.append(msg)
+                if "WATCHDOG=1" in msg:
+                    self.last_watchdog = time.monotonic()
                 self._cv.notify_all()
 
     def wait_for(self, needle: str, timeout: float = 30.0) -> str:
@@ -156,3 +159,88 @@ class Daemon:
             self.notify = None
         if getattr(self, "_log", None):
             self._log.close()
+
+
+class Supervisor:
+    """Runs the daemon the way systemd runs edgeagent.service: Type=notify, WatchdogSec (a
+    missed ping gets SIGABRT, then SIGKILL, as systemd does), Restart=on-failure with
+    RestartSec, and a start limit. `starts` records why each run ended."""
+
+    def __init__(self, tmp: Path, cfg: dict, *, watchdog_s: float = 4.0, restart_s: float = 0.2,
+                 max_starts: int = 12) -> None:
+        self.tmp = tmp
+        self.cfg = cfg
+        self.watchdog_s = watchdog_s
+        self.restart_s = restart_s
+        self.max_starts = max_starts
+        self.starts: list[dict] = []  # {"n", "exit", "why"}
+        self.daemon: Daemon | None = None
+        self._stop = threading.Event()
+        self._restart = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def restart(self) -> None:
+        """`systemctl restart`: a clean stop (SIGTERM), then a new start."""
+        assert self.daemon is not None
+        self._restart.set()
+        self.daemon.proc.send_signal(signal.SIGTERM)
+
+    def start(self) -> "Supervisor":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and len(self.starts) < self.max_starts:
+            n = len(self.starts) + 1
+            d = Daemon(self.tmp, self.cfg, name=f"run{n}")
+            d.start(wait_ready=False, env={"WATCHDOG_USEC": str(int(self.watchdog_s * 1e6))})
+            self.daemon = d
+            rec = {"n": n, "exit": None, "why": None}
+            self.starts.append(rec)
+            started = time.monotonic()
+            while not self._stop.is_set():
+                code = d.proc.poll()
+                if code is not None:
+                    rec.update(exit=code, why="exited")
+                    break
+                ready = any("READY=1" in m for m in d.messages)
+                last = d.last_watchdog or (started if ready else None)
+                if ready and last and time.monotonic() - last > self.watchdog_s:
+                    d.proc.send_signal(signal.SIGABRT)  # systemd: watchdog timeout
+                    try:
+                        d.proc.wait(2)
+                    except subprocess.TimeoutExpired:
+                        d.proc.kill()
+                        d.proc.wait(5)
+                    rec.update(exit=d.proc.returncode, why="watchdog")
+                    break
+                time.sleep(0.05)
+            d.close()
+            if self._stop.is_set() or (rec["exit"] == 0 and not self._restart.is_set()):
+                return  # Restart=on-failure: a clean exit stays down
+            self._restart.clear()
+            time.sleep(self.restart_s)
+
+    def call(self, op: str, args: dict | None = None, timeout: float = 30.0) -> Any:
+        assert self.daemon is not None
+        return self.daemon.call(op, args, timeout)
+
+    def wait_ready(self, after_start: int, timeout: float = 60.0) -> Daemon:
+        """Wait until run number >= after_start is up (READY=1)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            d = self.daemon
+            if d is not None and len(self.starts) >= after_start and any("READY=1" in m for m in d.messages) \
+                    and d.proc.poll() is None:
+                return d
+            time.sleep(0.05)
+        raise AssertionError(f"no ready daemon after start {after_start}: {self.starts}\n"
+                             f"{self.daemon.log() if self.daemon else ''}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(15)
+        if self.daemon is not None and self.daemon.proc is not None and self.daemon.proc.poll() is None:
+            self.daemon.stop()

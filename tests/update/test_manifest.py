@@ -116,6 +116,16 @@ MALFORMED = [
     ({"health": {"min_inferences": "many"}}, "signed.health.min_inferences"),
     ({"io": {"inputs": [{"shape": "1x2", "dtype": "float32"}], "outputs": []}}, "signed.io"),
     ({"surprise": 1}, "signed.surprise: unknown field"),
+    ({"created": "2027-02-01T00:00:00Z"}, "signed.created: after signed.expires"),
+    ({"health": {"probation_s": 86401}}, "signed.health.probation_s: at most 86400"),
+    ({"health": {"min_agreement_pct": 0}}, "signed.health.min_agreement_pct"),
+    ({"health": {"min_agreement_pct": 101}}, "signed.health.min_agreement_pct"),
+    ({"health": {"golden": {"npz_b64": "!!", "min_pass_pct": 90}}}, "signed.health.golden.npz_b64"),
+    ({"health": {"golden": {"npz_b64": base64.b64encode(b"not a zip").decode(), "min_pass_pct": 90}}},
+     "signed.health.golden.npz_b64: not an .npz"),
+    ({"health": {"golden": {"npz_b64": base64.b64encode(b"PK..").decode(), "min_pass_pct": 0}}},
+     "signed.health.golden.min_pass_pct"),
+    ({"health": {"golden": {"npz_b64": "A" * 400_000, "min_pass_pct": 90}}}, "larger than"),
 ]
 
 
@@ -163,3 +173,52 @@ def test_keygen_files_modes_and_no_overwrite(tmp_path):
     with pytest.raises(EdgeAgentError) as ei:
         load_trusted_keys([str(tmp_path / "bad.pub")])
     assert ei.value.code == "keys.invalid" and "bad.pub" in str(ei.value)
+
+
+def test_a_clock_below_the_time_floor_decides_expiry_against_the_floor(k):
+    """A Pi without RTC boots in 1970: an expired manifest must not look fresh."""
+    t = trust(k["old"])
+    expired = sign_envelope(signed(expires="2026-03-01T00:00:00Z"), [k["old"]])
+    fresh = sign_envelope(signed(), [k["old"]])
+    y1970 = datetime(1970, 1, 1, 0, 1, tzinfo=timezone.utc)
+    floor = datetime(2026, 5, 1, tzinfo=timezone.utc)
+
+    def at(env, now, time_floor):
+        return verify_envelope(json.dumps(env), trusted=t, threshold=1, model_name="det", highest_version=4,
+                               now=now, time_floor=time_floor)
+
+    # without a floor the 1970 clock would accept it
+    assert at(expired, y1970, None).version == 5
+    with pytest.raises(UpdateRejected) as ei:
+        at(expired, y1970, floor)
+    assert ei.value.code == "update.clock_unsynced" and "1970-01-01" in ei.value.message
+    # a manifest that is valid at the floor is accepted: the floor is a time known to have passed
+    assert at(fresh, y1970, floor).version == 5
+    # with a sane clock the ordinary rule applies
+    assert code(lambda: at(expired, NOW, floor)) == "update.expired"
+
+
+def test_the_installer_keeps_the_time_floor_across_a_clock_jump(tmp_path, k):
+    """End to end through the Installer's check step and the persisted floor file."""
+    from edgeagent import config as config_mod
+    from edgeagent.state.store import SlotStore
+    from edgeagent.state.timefloor import TimeFloor
+    from edgeagent.update.installer import Installer
+
+    cfg = config_mod.from_dict({"model": {"name": "det", "state_dir": str(tmp_path / "state")},
+                                "update": {"trusted_keys": [str(k["dir"] / "old" / "edgeagent.pub")]}})
+    (tmp_path / "state").mkdir()
+    store = SlotStore(cfg.state_dir)
+    clock = {"now": datetime(2026, 6, 1, tzinfo=timezone.utc)}
+    inst = Installer(cfg, store, emit=lambda *a, **kw: None, clock=lambda: clock["now"])
+    full = {"kind": "full", "payload": {"sha256": H, "size": 10, "format": "raw", "name": "det.tflite"}}
+    s = signed(**full)
+    s.pop("base")
+    assert inst.check(sign_envelope(s, [k["old"]])).version == 5
+    assert TimeFloor(cfg.state_dir).get() == clock["now"]
+    # the device reboots without RTC: 1970, and an expired manifest arrives
+    clock["now"] = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    old = dict(s, version=6, expires="2026-05-01T00:00:00Z")
+    with pytest.raises(UpdateRejected) as ei:
+        inst.check(sign_envelope(old, [k["old"]]))
+    assert ei.value.code == "update.clock_unsynced"
