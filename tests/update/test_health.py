@@ -40,10 +40,14 @@ def test_paired_invokes_alternate_who_goes_first(tmp_path):
     base = load(testmodels.write_model(tmp_path / "b.tflite", input_shape=(1, 16), seed=2))
     frames = [np.full(16, i, np.float32) for i in range(3)]
     Recording.log = []
-    c_ms, b_ms, finite = health._paired_invokes(cand, base, frames, runs=2)
-    assert len(c_ms) == len(b_ms) == 6 and finite
-    pairs = [tuple(Path(p).stem for p in Recording.log[i:i + 2]) for i in range(0, 12, 2)]
-    assert pairs == [("c", "b"), ("b", "c")] * 3
+    c_t, b_t, finite = health._paired_invokes(cand, base, frames, runs=6)
+    assert len(c_t) == len(b_t) == 18 and finite
+    assert all(wall > 0 and cpu >= 0 for wall, cpu in c_t + b_t)
+    pairs = [tuple(Path(p).stem for p in Recording.log[i:i + 2]) for i in range(0, 36, 2)]
+    assert pairs == [("c", "b"), ("b", "c")] * 9
+    # with few frames, frames are cycled up to the minimum number of pairs
+    c_t, b_t, _ = health._paired_invokes(cand, base, frames[:1], runs=3)
+    assert len(c_t) == len(b_t) == health.MIN_PAIRS
 
 
 def _npz(**arrays) -> str:
