@@ -10,8 +10,7 @@ new model) and the new model in memory at once, 1.6 x (old + new) measured. Here
 mmap'ed read-only (page cache the kernel can drop), the diff and extra blocks are decompressed
 incrementally, and the new model goes to disk in 1 MiB pieces while it is hashed, so the memory
 needed no longer grows with the model (scripts/bench_patch.py). tests/update check it produces
-byte-for-byte what bsdiff4.patch does. (bsdiff4 1.3.2's patch() accepts only `bytes`, not an
-mmap or memoryview, so mmap'ing the old model cannot be used with it.)
+byte-for-byte what bsdiff4.patch does.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from bsdiff4.core import decode_int64
 
 from edgeagent.state.atomic import fsync_dir
 from edgeagent.update.errors import UpdateRejected
-from edgeagent.update.staging import PhaseProgress, Progress, no_space
 
 
 CHUNK = 1 << 20
@@ -115,90 +113,58 @@ def stream_patch(old_path: Path, patch_path: Path, fo, h, expect_size: int | Non
                 old_map.close()
 
 
-class _Out:
-    """The temp output file, counting bytes for progress; ENOSPC becomes update.no_space."""
-
-    def __init__(self, fo, path: Path, rep: PhaseProgress) -> None:
-        self.fo, self.path, self.rep, self.n = fo, path, rep, 0
-
-    def write(self, b: bytes) -> None:
-        try:
-            self.fo.write(b)
-        except OSError as e:
-            raise (no_space(e, self.path) or e) from None
-        self.n += len(b)
-        self.rep(self.n)
-
-
-def _write_verified(out_path: Path, target_sha256: str, target_size: int, write, progress: Progress | None) -> None:
+def _write_verified(out_path: Path, target_sha256: str, target_size: int, write) -> None:
     out_path = Path(out_path)
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     h = hashlib.sha256()
-    rep = PhaseProgress("write", target_size, progress)
-    rep(0, force=True)
     with open(tmp, "wb") as fo:
         try:
-            size = write(_Out(fo, out_path, rep), h)
-            fo.flush()
-            os.fchmod(fo.fileno(), 0o444)  # a slot's model is immutable once written
-            os.fsync(fo.fileno())
-        except BaseException as e:
+            size = write(fo, h)
+        except BaseException:
             fo.close()
             tmp.unlink()
-            if isinstance(e, OSError) and no_space(e, out_path):
-                raise no_space(e, out_path) from None
             raise
+        fo.flush()
+        os.fchmod(fo.fileno(), 0o444)  # a slot's model is immutable once written
+        os.fsync(fo.fileno())
     if size != target_size or h.hexdigest() != target_sha256:
         tmp.unlink()
         raise UpdateRejected("update.target_hash", f"the new model is {size} bytes with sha256 {h.hexdigest()[:12]}, "
                                                    f"manifest says {target_size} bytes, {target_sha256[:12]}")
     os.replace(tmp, out_path)
     fsync_dir(out_path.parent)
-    rep(size, force=True)
 
 
-def _sha256_file(path: Path, rep: PhaseProgress) -> str:
+def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    done = 0
     with open(path, "rb") as fh:
         for b in iter(lambda: fh.read(CHUNK), b""):
             h.update(b)
-            done += len(b)
-            rep(done)
     return h.hexdigest()
 
 
 def apply_delta(base_path: Path, base_sha256: str, patch_path: Path, out_path: Path, *,
-                target_sha256: str, target_size: int, progress: Progress | None = None) -> None:
-    """Build out_path from the base and a BSDIFF4 patch; progress phases "base_hash" then "write"."""
-    base_path, patch_path = Path(base_path), Path(patch_path)
-    rep = PhaseProgress("base_hash", base_path.stat().st_size, progress)
-    if _sha256_file(base_path, rep) != base_sha256:  # before anything is written: never patch a wrong base
+                target_sha256: str, target_size: int) -> None:
+    if _sha256_file(Path(base_path)) != base_sha256:
         raise UpdateRejected("update.wrong_base", f"{base_path}: sha256 differs from the delta's base")
 
     def write(fo, h) -> int:
         try:
-            return stream_patch(base_path, patch_path, fo, h, expect_size=target_size)
-        except UpdateRejected:
-            raise
-        except (ValueError, OSError, EOFError, IndexError) as e:
+            return stream_patch(Path(base_path), Path(patch_path), fo, h, expect_size=target_size)
+        except (ValueError, OSError, EOFError) as e:
             raise UpdateRejected("update.bad_patch", f"the bsdiff4 patch does not apply: {e}") from None
 
-    _write_verified(out_path, target_sha256, target_size, write, progress)
+    _write_verified(out_path, target_sha256, target_size, write)
 
 
-def copy_full(payload_path: Path, out_path: Path, *, target_sha256: str, target_size: int,
-              progress: Progress | None = None) -> None:
-    """A raw payload into the slot: streamed, hashed on the way, same atomic write as a patch."""
+def copy_full(payload_path: Path, out_path: Path, *, target_sha256: str, target_size: int) -> None:
     def write(fo, h) -> int:
         size = 0
         with open(payload_path, "rb") as fi:
             for b in iter(lambda: fi.read(CHUNK), b""):
-                size += len(b)
-                if size > target_size:
-                    break  # not the target: no need to copy the rest
                 fo.write(b)
                 h.update(b)
+                size += len(b)
         return size
 
-    _write_verified(out_path, target_sha256, target_size, write, progress)
+    _write_verified(out_path, target_sha256, target_size, write)

@@ -2,68 +2,24 @@
 
 On disk, never in tmpfs or RAM (a Pi runs out of memory). One stable name per payload sha256,
 so a restart resumes the same partial file: `{sha256}.part` while incomplete, `{sha256}.payload`
-once verified. Also the throttled progress reporter every delivery step shares, so `update.downloading`
-events come in fine steps without flooding MQTT.
+once verified.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import shutil
 import time
 from pathlib import Path
-from typing import Callable
 
 from edgeagent.state.atomic import fsync_dir
 from edgeagent.update.errors import UpdateRejected
-
-Progress = Callable[[dict], None]
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-
-class PhaseProgress:
-    """Progress of one phase in fine steps, but at most every 1% or 0.5 s (and always at the end)."""
-
-    def __init__(self, phase: str, total: int, progress: Progress | None) -> None:
-        self.phase, self.total, self.progress = phase, total, progress
-        self.last_pct, self.last_t = -1.0, 0.0
-
-    def __call__(self, done: int, force: bool = False) -> None:
-        if self.progress is None:
-            return
-        pct = min(100.0, 100.0 * done / self.total) if self.total else 100.0
-        now = time.monotonic()
-        if force or pct - self.last_pct >= 1.0 or now - self.last_t >= 0.5:
-            self.last_pct, self.last_t = pct, now
-            self.progress({"phase": self.phase, "bytes": done, "total": self.total, "percent": round(pct, 1)})
-
-
-def no_space(err: OSError, where: Path) -> UpdateRejected | None:
-    """An ENOSPC/EDQUOT while writing is the device's fault, not the server's: its own code."""
-    if err.errno in NO_SPACE:
-        return UpdateRejected("update.no_space", f"{where}: disk full ({err.strerror})")
-    return None
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write, fsync: what a later rename relies on."""
-    try:
-        with open(path, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as e:
-        path.unlink(missing_ok=True)
-        raise (no_space(e, path) or e) from None
 
 
 class Staging:
     def __init__(self, state_dir: str | os.PathLike) -> None:
         self.dir = Path(state_dir) / "staging"
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.dir, 0o700)  # mkdir's mode is filtered by the umask
 
     def payload_path(self, sha256: str) -> Path:
         return self.dir / f"{sha256}.payload"
@@ -87,7 +43,10 @@ class Staging:
         if hashlib.sha256(data).hexdigest() != expected_sha256:
             raise UpdateRejected("update.payload_hash", "payload sha256 differs from the manifest")
         part = self.part_path(expected_sha256)
-        write_durably(part, data)
+        with open(part, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         return self.promote(part, expected_sha256)
 
     def promote(self, part: Path, sha256: str) -> Path:
@@ -97,19 +56,14 @@ class Staging:
         return final
 
     def cleanup(self, keep: set[str], max_age_s: float = 0.0) -> None:
-        """Remove staged files and transfer directories not named in keep (verified payloads are
-        not needed after install). pending-update.json belongs to the updater and is left alone."""
+        """Remove staged files not named in keep (verified payloads are not needed after install)."""
         now = time.time()
         for p in self.dir.iterdir():
-            if p.name in keep or p.name.startswith("pending-"):
+            if p.name in keep or p.name.startswith("pending-") or p.is_dir():
+                continue
+            if max_age_s and now - p.stat().st_mtime < max_age_s:
                 continue
             try:
-                if max_age_s and now - p.stat().st_mtime < max_age_s:
-                    continue
-                if p.is_dir():
-                    if p.name.startswith("transfer-"):
-                        shutil.rmtree(p, ignore_errors=True)
-                    continue
                 p.unlink()
             except OSError:
                 pass
