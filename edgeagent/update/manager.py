@@ -47,14 +47,12 @@ def rss_mb() -> float:
 
 
 class _Trial:
-    def __init__(self, slot: str, previous: Any, limits: Limits, shadow: Shadow | None, before: dict,
-                 version: int | None) -> None:
+    def __init__(self, slot: str, previous: Any, limits: Limits, shadow: Shadow | None, before: dict) -> None:
         self.slot = slot
         self.previous = previous  # the model that served before; kept loaded until commit
         self.limits = limits
         self.shadow = shadow  # the previous model re-run on live frames (paired judgement)
         self.before = before  # {"invoke_p50_ms", "rss_mb"} of the previous model
-        self.version = version
         self.started = time.monotonic()
 
     def after(self, counters: dict) -> dict:
@@ -104,7 +102,7 @@ class UpdateManager:
             except ModelError as e:
                 log.warning("previous model (slot %s) does not load: %s", t["from"], e)
             before = t.get("before") or {"invoke_p50_ms": t.get("baseline_ms"), "rss_mb": None}
-            self._start_probation(plan.slot, prev, self._limits(t, t.get("expected_ms")), before, t.get("version"))
+            self._start_probation(plan.slot, prev, self._limits(t, t.get("expected_ms")), before)
         try:
             pending = json.loads(self._pending_file.read_text())
         except (OSError, ValueError):
@@ -311,11 +309,11 @@ class UpdateManager:
                                    f"{loop.model_stalled_s():.1f} s; restarting on the state just persisted")
         return None
 
-    def _shadow_for(self, limits: Limits) -> Shadow | None:
+    def _shadow_for(self, previous: Any, limits: Limits) -> Shadow | None:
         budget = self.cfg.update.shadow_budget_pct / 100.0
         if budget <= 0 and not limits.min_agreement_pct:
             return None
-        return Shadow(self.agent.loop.model, budget=budget or 0.05, compare=bool(limits.min_agreement_pct))
+        return Shadow(previous, budget=budget or 0.05, compare=bool(limits.min_agreement_pct))
 
     def _switch_to(self, inst: Installed) -> None:
         loop = self.agent.loop
@@ -340,7 +338,7 @@ class UpdateManager:
                                    extra={"before": before, "max_latency_ms": limits.max_latency_ms,
                                           "min_agreement_pct": limits.min_agreement_pct, "expected_ms": expected_ms,
                                           "version": inst.manifest.version})
-            shadow = self._shadow_for(limits)
+            shadow = self._shadow_for(loop.model, limits)
             loop.set_shadow(shadow)  # starts with the first frame the new model serves
             previous = self._swap(new)
             self._refresh_model_info()
@@ -348,17 +346,14 @@ class UpdateManager:
             return  # restarting: the next start resumes the trial
         self.events.emit("update.trial", version=inst.manifest.version, slot=inst.slot,
                          probation_s=limits.probation_s, min_inferences=limits.min_inferences)
-        self._start_probation(inst.slot, previous, limits, before, inst.manifest.version, shadow)
+        self._start_probation(inst.slot, previous, limits, before, shadow)
 
-    def _start_probation(self, slot: str, previous: Any, limits: Limits, before: dict, version: int | None,
+    def _start_probation(self, slot: str, previous: Any, limits: Limits, before: dict,
                          shadow: Shadow | None = None) -> None:
-        loop = self.agent.loop
-        if shadow is None and previous is not None:
-            shadow = self._shadow_for(limits)
-            if shadow is not None:
-                shadow.model = previous
-                loop.set_shadow(shadow)
-        self._trial = _Trial(slot, previous, limits, shadow, before, version)
+        if shadow is None and previous is not None:  # resumed after a restart
+            shadow = self._shadow_for(previous, limits)
+            self.agent.loop.set_shadow(shadow)
+        self._trial = _Trial(slot, previous, limits, shadow, before)
         self._spawn(self._probation, self._trial, name="probation")
 
     def _probation(self, trial: _Trial) -> None:
