@@ -191,8 +191,10 @@ def test_birth_last_will_and_shutdown(tmp_path, broker, peers, start_daemon):
 
 
 def test_broker_outage_of_10_s(tmp_path, broker, peers, start_daemon):
-    d = start_daemon(**mqtt_cfg(broker.port, max_queued=50), telemetry={"interval_s": 0.5, "power_profile": "none",
-                                                                        "sysfs_root": str(tmp_path / "nosys")})
+    # reconnect backoff 0-3 s (full jitter): the test's peer, which connects at once after the
+    # broker restarts, is subscribed before the daemon flushes its outbox (events are not retained)
+    d = start_daemon(**mqtt_cfg(broker.port, max_queued=50, reconnect_min_s=3.0, reconnect_max_s=3.0),
+                     telemetry={"interval_s": 0.5, "power_profile": "none", "sysfs_root": str(tmp_path / "nosys")})
     peer = peers(broker.port)
     peer.wait(lambda t, b: t == f"{P}/telemetry")
     last_before = max(b["seq"] for t, b, _ in peer.msgs if t == f"{P}/telemetry")
