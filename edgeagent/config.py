@@ -51,6 +51,12 @@ def _range(lo: float, hi: float) -> Check:
     return lambda v: None if lo <= v <= hi else f"must be between {lo} and {hi}"
 
 
+def _rate(v: float) -> str | None:
+    """0 (as fast as possible) or 0.1..1000 Hz: a rate of 1e-11 Hz overflows the loop's sleep,
+    0.01 Hz starves the watchdog."""
+    return None if v == 0 or 0.1 <= v <= 1000 else "must be 0 (as fast as possible) or between 0.1 and 1000"
+
+
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _TOPIC_BAD = re.compile(r"[#+\x00]")
 
@@ -136,7 +142,7 @@ class SensorInput:
 @dataclass(frozen=True)
 class InputConfig:
     source: str = _check(_one_of("synthetic", "images", "camera", "sensor"), default="synthetic")
-    rate_hz: float = _check(_range(0, 1000), default=10.0)  # 0 = as fast as possible
+    rate_hz: float = _check(_rate, default=10.0)  # 0 = as fast as possible
     synthetic: SyntheticInput = field(default_factory=SyntheticInput)
     images: ImagesInput = field(default_factory=ImagesInput)
     camera: CameraInput = field(default_factory=CameraInput)
@@ -151,7 +157,7 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class TelemetryConfig:
-    interval_s: float = _check(_min(0.1), default=5.0)
+    interval_s: float = _check(_range(0.1, 3600), default=5.0)
     sysfs_root: str = "/"
     power_profile: str = _check(
         _one_of("auto", "pi4", "pi5", "jetson-nano", "orin-nano", "generic", "none"), default="auto"
@@ -174,6 +180,18 @@ class UpdateConfig:
     crash_window_s: float = _check(_range(1, 86400), default=600.0)
     # share of the trial's wall time the previous model may take to re-run on live frames
     shadow_budget_pct: int = _check(_range(0, 50), default=10)
+    # a download that receives no byte for this long is retried (HTTP Range); a transfer that
+    # gets no chunk for this long fails
+    download_stall_s: float = _check(_range(1, 3600), default=60.0)
+    # the whole fetch (every retry included) must end within this; a trickling server cannot
+    # hold the updater (and block other updates) for longer
+    download_deadline_s: float = _check(_range(10, 7 * 86400), default=3600.0)
+    # file:// payload URLs in updates that arrive over MQTT (the local control socket and the
+    # offline `install` keep them): off, so no message can make the daemon read a local path
+    allow_file_urls: bool = False
+    # bytes of MQTT transfer chunks held in memory before they reach the disk (early chunks
+    # included); beyond it chunks are dropped and asked for again
+    max_chunk_buffer_bytes: int = _check(_min(64 * 1024), default=16 * 1024 * 1024)
 
 
 @dataclass(frozen=True)

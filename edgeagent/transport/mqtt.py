@@ -29,6 +29,7 @@ from paho.mqtt.properties import Properties
 
 from edgeagent.config import MqttConfig
 from edgeagent.errors import ConfigError
+from edgeagent.transport.topics import Chunk, reply_topic_ok, route
 
 log = logging.getLogger("edgeagent.mqtt")
 
@@ -59,10 +60,13 @@ class MqttTransport:
         self._dropped = 0
         self._dropped_total = 0
         self.reconnects = 0
+        self.thread_restarts = 0  # the network thread survived an exception (or was restarted)
+        self.refused = 0  # messages refused: too large, bad topic, bad reply topic
         self.last_error: str | None = None
         self._birth_model: dict = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._thread_first = True
         self._client = self._make_client(device_id)
 
     # -- setup --------------------------------------------------------------------------------
@@ -115,15 +119,43 @@ class MqttTransport:
     def connected(self) -> bool:
         return self._connected
 
+    def ensure_running(self) -> bool:
+        """Restart the network thread if it has died (it should not: _run catches everything).
+        Called from the agent's periodic work; True when it had to restart it."""
+        t = self._thread
+        if t is None or t.is_alive() or self._stop.is_set():
+            return False
+        self.thread_restarts += 1
+        log.error("mqtt: the network thread had ended; restarted (%d restart(s))", self.thread_restarts)
+        self.start()
+        return True
+
     def _run(self) -> None:
+        """The supervised network thread: no exception from paho or a handler ends it."""
+        while not self._stop.is_set():
+            try:
+                self._session_loop()
+                return
+            except Exception:  # noqa: BLE001 - supervised: log, count, reconnect
+                self.thread_restarts += 1
+                self.last_error = "network thread error"
+                log.exception("mqtt: error on the network thread; reconnecting (%d so far)", self.thread_restarts)
+                self._set_connected(False, "network thread error")
+                try:
+                    self._client.disconnect()
+                except Exception:  # noqa: BLE001
+                    pass
+                self._stop.wait(random.uniform(0, self.cfg.reconnect_min_s))
+
+    def _session_loop(self) -> None:
         cfg = self.cfg
         delay = cfg.reconnect_min_s
-        first = True
+        first = self._thread_first
         while not self._stop.is_set():
             try:
                 if first:
                     self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive)
-                    first = False
+                    first = self._thread_first = False
                 else:
                     self._client.reconnect()
             except (OSError, ssl.SSLError, ValueError, mqtt.WebsocketConnectionError) as e:
@@ -190,7 +222,10 @@ class MqttTransport:
         self.last_error = None
         log.info("mqtt: connected to %s:%s (MQTT %s)", self.cfg.host, self.cfg.port, self.cfg.protocol)
         if self._on_connection:
-            self._on_connection(True, "connected")
+            try:
+                self._on_connection(True, "connected")
+            except Exception:  # noqa: BLE001
+                log.exception("connection callback failed")
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if not self._stop.is_set():
@@ -198,36 +233,91 @@ class MqttTransport:
         self._set_connected(False, str(rc))
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        topic = msg.topic
-        if topic.startswith(f"{self.prefix}/transfer/"):
-            parts = topic[len(self.prefix) + 10:].split("/")
-            if len(parts) != 2 or not parts[1].isdigit() or self._on_chunk is None:
-                log.debug("mqtt: ignoring %s", topic)
-                return
-            self._on_chunk(parts[0], int(parts[1]), bytes(msg.payload))
+        try:
+            self._route_message(msg)
+        except Exception:  # noqa: BLE001 - a message must never end the network thread
+            self.refused += 1
+            log.exception("mqtt: message on %r not handled", getattr(msg, "topic", "?"))
+
+    def _route_message(self, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = msg.topic  # paho decodes it, and raises on invalid UTF-8
+        except UnicodeDecodeError:
+            self.refused += 1
+            log.warning("mqtt: ignoring a message whose topic is not UTF-8")
             return
-        reply = self._reply_fn(msg)
-        if len(msg.payload) > self.cfg.max_message_bytes:
-            log.warning("mqtt: command of %d bytes on %s refused (limit %d)", len(msg.payload), topic,
-                        self.cfg.max_message_bytes)
+        r = route(self.prefix, self.groups, topic)
+        size = len(msg.payload)
+        if r is None or (isinstance(r, Chunk) and self._on_chunk is None):
+            self.refused += 1
+            log.debug("mqtt: ignoring %s", topic)
+            return
+        if isinstance(r, Chunk):
+            if size > self.cfg.max_message_bytes:
+                self.refused += 1
+                log.warning("mqtt: chunk of %d bytes on %s dropped (mqtt.max_message_bytes %d)", size, topic,
+                            self.cfg.max_message_bytes)
+                return
+            self._on_chunk(r.transfer_id, r.index, bytes(msg.payload))  # enqueue only
+            return
+        reply, why = self._reply_fn(msg)
+        if why is not None:
+            self.refused += 1
+            log.warning("mqtt: command on %s refused: response topic %s", topic, why)
+            reply({"id": None, "ok": False, "error": {"code": "cmd.bad_reply_topic",
+                                                      "message": f"response topic refused: {why}"}})
+            return
+        if size > self.cfg.max_message_bytes:
+            self.refused += 1
+            log.warning("mqtt: command of %d bytes on %s refused (limit %d)", size, topic, self.cfg.max_message_bytes)
             reply({"id": None, "ok": False, "error": {"code": "cmd.too_large",
-                                                      "message": f"command is {len(msg.payload)} bytes, limit {self.cfg.max_message_bytes}"}})
+                                                      "message": f"command is {size} bytes, limit {self.cfg.max_message_bytes}"}})
             return
         self._on_command(bytes(msg.payload), reply)  # enqueue only: the dispatcher works elsewhere
 
-    def _reply_fn(self, msg: mqtt.MQTTMessage) -> Callable[[dict], None]:
+    def _reply_fn(self, msg: mqtt.MQTTMessage) -> tuple[Callable[[dict], None], str | None]:
+        """The function that answers this message, and why its Response Topic was refused (if it was)."""
         topic = f"{self.prefix}/cmd/reply"
         props = None
+        why = None
         p = getattr(msg, "properties", None)
-        if self.v5 and p is not None and getattr(p, "ResponseTopic", None):
-            topic = p.ResponseTopic
-            props = Properties(PacketTypes.PUBLISH)
-            if getattr(p, "CorrelationData", None) is not None:
-                props.CorrelationData = p.CorrelationData
+        asked = getattr(p, "ResponseTopic", None) if self.v5 and p is not None else None
+        if asked:
+            why = reply_topic_ok(self.prefix, asked)
+            if why is None:
+                topic = asked
+                props = Properties(PacketTypes.PUBLISH)
+                if getattr(p, "CorrelationData", None) is not None:
+                    props.CorrelationData = p.CorrelationData
 
         def reply(obj: dict) -> None:
             self._send(topic, _dumps(obj), self.cfg.qos, False, props)
 
+        corr = getattr(props, "CorrelationData", None) if props is not None else None
+        reply.route = {"topic": topic, "correlation": bytes(corr).hex() if corr else None}  # type: ignore[attr-defined]
+        return reply, why
+
+    def reply_to(self, route_: dict | None) -> Callable[[dict], None] | None:
+        """A reply function for a remembered route (a resumed update answers its original request)."""
+        if not isinstance(route_, dict) or not isinstance(route_.get("topic"), str):
+            return None
+        topic = route_["topic"]
+        if reply_topic_ok(self.prefix, topic) is not None:
+            return None
+        props = None
+        corr = route_.get("correlation")
+        if self.v5 and topic != f"{self.prefix}/cmd/reply":
+            props = Properties(PacketTypes.PUBLISH)
+            if isinstance(corr, str):
+                try:
+                    props.CorrelationData = bytes.fromhex(corr)
+                except ValueError:
+                    pass
+
+        def reply(obj: dict) -> None:
+            self._send(topic, _dumps(obj), self.cfg.qos, False, props)
+
+        reply.route = dict(route_)
         return reply
 
     def _birth(self) -> bytes:
@@ -237,7 +327,11 @@ class MqttTransport:
     # -- publishing (any thread, never blocks) -------------------------------------------------
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool, props: Any = None) -> None:
         if self._connected:  # (read without the lock: paho must not be called under it)
-            info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+            try:
+                info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+            except (ValueError, TypeError) as e:  # a topic paho refuses: nothing to queue either
+                log.warning("mqtt: cannot publish on %r: %s", topic, e)
+                return
             if info.rc == mqtt.MQTT_ERR_SUCCESS:
                 return
         if qos == 0 and not retain:
@@ -279,4 +373,5 @@ class MqttTransport:
 
     def stats(self) -> dict:
         return {"connected": self._connected, "queued": len(self._outbox), "dropped": self._dropped_total,
-                "reconnects": self.reconnects, "last_error": self.last_error}
+                "reconnects": self.reconnects, "thread_restarts": self.thread_restarts, "refused": self.refused,
+                "last_error": self.last_error}
