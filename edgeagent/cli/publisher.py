@@ -100,16 +100,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     from edgeagent.update.errors import UpdateRejected
     from edgeagent.update.keys import load_trusted_keys
-    from edgeagent.update.manifest import verify_envelope
+    from edgeagent.update.manifest import load_untrusted, verify_envelope
 
     mpath = Path(args.manifest)
     try:
         raw = mpath.read_bytes()
     except OSError as e:
         raise EdgeAgentError("cmd.bad_args", f"{mpath}: {e.strerror}") from None
+    doc = load_untrusted(raw)  # refuses depth, number range and size with the verifier's codes
     try:
-        name = args.model or json.loads(raw)["signed"]["model"]
-    except (ValueError, KeyError, TypeError):
+        name = args.model or doc["signed"]["model"]
+    except (KeyError, TypeError):
         name = args.model or ""
     m = verify_envelope(raw, trusted=load_trusted_keys(args.pubkey), threshold=args.threshold,
                         model_name=name, highest_version=None)

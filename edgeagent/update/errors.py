@@ -11,6 +11,10 @@ from edgeagent.errors import RemoteDataError
 
 CODES = {
     "update.malformed": "the manifest (or a payload encoding) does not follow the schema",
+    "update.too_deep": "the manifest's JSON nests deeper than the verifier's bound (16 levels)",
+    "update.number_range": "the manifest holds a number out of range (beyond 64 bits, NaN or Infinity)",
+    "update.url_refused": "a file:// payload URL in an update that came over MQTT (update.allow_file_urls is off)",
+    "update.cancelled": "the update was cancelled by a `cancel` (or a `rollback`) command",
     "update.wrong_model": "the manifest is for another model than this device's model.name",
     "update.bad_signature": "a signature claiming a trusted key does not verify",
     "update.unknown_key": "no signature is from a trusted key",

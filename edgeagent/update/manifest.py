@@ -28,12 +28,15 @@ from edgeagent.update.keys import keyid
 MAX_ENVELOPE_BYTES = 512 * 1024
 MAX_GOLDEN_BYTES = 256 * 1024  # the decoded npz
 MAX_PROBATION_S = 86400
+MAX_DEPTH = 16  # a real envelope nests 7 deep; json.loads recurses, and 100,000 '[' fit in 512 KiB
+MAX_INT = 2**63 - 1  # what every consumer of these numbers (C, JSON in other languages) can hold
 TYPE = "edgeagent-update"
 SPEC_VERSION = 1
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-_FILE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# \A...\Z, not ^...$: `$` also matches before a trailing newline, so "abc…\n" passed as a sha256
+_NAME = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
+_HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
+_TIME = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z")
+_FILE = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,81 @@ def _bad(msg: str) -> UpdateRejected:
     return UpdateRejected("update.malformed", msg)
 
 
+def _depth_of_text(raw: str) -> int:
+    """The deepest bracket nesting of JSON text, outside strings: checked before json.loads,
+    which recurses once per level and raises RecursionError (not ValueError) near 1000."""
+    depth = deepest = 0
+    in_str = esc = False
+    for ch in raw:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_DEPTH:
+                    return deepest
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _check_tree(obj: Any) -> None:
+    """Depth and number ranges of an already-parsed document, iteratively (no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            if d > MAX_DEPTH:
+                raise UpdateRejected("update.too_deep", f"manifest nests deeper than {MAX_DEPTH} levels")
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+        elif isinstance(v, bool) or v is None or isinstance(v, str):
+            continue
+        elif isinstance(v, int):
+            if not -MAX_INT <= v <= MAX_INT:
+                raise UpdateRejected("update.number_range", f"manifest holds an integer beyond +-{MAX_INT}")
+        elif isinstance(v, float):
+            if v != v or v in (float("inf"), float("-inf")):
+                raise UpdateRejected("update.number_range", "manifest holds a number that is not finite")
+        else:
+            raise _bad(f"manifest holds a {type(v).__name__}, which is not JSON")
+
+
+def _no_constant(name: str) -> Any:
+    raise UpdateRejected("update.number_range", f"manifest holds {name}, which is not a JSON number")
+
+
+def load_untrusted(raw: bytes | str) -> Any:
+    """Untrusted JSON text -> a parsed document, or UpdateRejected: never RecursionError,
+    OverflowError or a ValueError of Python's own (4300-digit integers, NaN, Infinity)."""
+    if len(raw) > MAX_ENVELOPE_BYTES:
+        raise _bad(f"manifest is {len(raw)} bytes, limit {MAX_ENVELOPE_BYTES}")
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _bad(f"manifest is not UTF-8: {e.reason}") from None
+    if _depth_of_text(raw) > MAX_DEPTH:
+        raise UpdateRejected("update.too_deep", f"manifest nests deeper than {MAX_DEPTH} levels")
+    try:
+        doc = json.loads(raw, parse_constant=_no_constant)
+    except UpdateRejected:
+        raise
+    except (ValueError, RecursionError) as e:
+        if "digits" in str(e):  # int() refuses more than 4300 digits
+            raise UpdateRejected("update.number_range", "manifest holds an integer with too many digits") from None
+        raise _bad(f"manifest is not JSON: {e}") from None
+    _check_tree(doc)
+    return doc
+
+
 def _obj(d: Any, path: str, required: set[str], optional: set[str] = frozenset()) -> dict:
     if not isinstance(d, dict):
         raise _bad(f"{path}: expected an object")
@@ -109,12 +187,16 @@ def _obj(d: Any, path: str, required: set[str], optional: set[str] = frozenset()
 def _int(v: Any, path: str, lo: int = 0) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise _bad(f"{path}: expected integer >= {lo}")
+    if v > MAX_INT:
+        raise UpdateRejected("update.number_range", f"{path}: above {MAX_INT}")
     return v
 
 
 def _num(v: Any, path: str, lo: float = 0, strict: bool = False) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (strict and v == lo):
         raise _bad(f"{path}: expected number {'>' if strict else '>='} {lo}")
+    if v > MAX_INT or v != v:
+        raise UpdateRejected("update.number_range", f"{path}: out of range")
     return float(v)
 
 
@@ -268,15 +350,15 @@ def verify_envelope(raw: bytes | str | dict, *, trusted: dict[str, Ed25519Public
     wall time it saw). A wall clock below it is unsynchronised (a Pi without RTC boots in 1970):
     expiry is then decided against the floor, never against the wrong clock."""
     if isinstance(raw, (bytes, str)):
-        if len(raw) > MAX_ENVELOPE_BYTES:
-            raise _bad(f"manifest is {len(raw)} bytes, limit {MAX_ENVELOPE_BYTES}")
-        try:
-            env = json.loads(raw)
-        except ValueError as e:
-            raise _bad(f"manifest is not JSON: {e}") from None
+        env = load_untrusted(raw)
     else:
         env = raw
-        if len(json.dumps(env, default=str)) > MAX_ENVELOPE_BYTES:
+        _check_tree(env)  # before json.dumps, which recurses too
+        try:
+            size = len(json.dumps(env, allow_nan=False))
+        except (ValueError, TypeError) as e:
+            raise _bad(f"manifest is not JSON: {e}") from None
+        if size > MAX_ENVELOPE_BYTES:
             raise _bad(f"manifest is larger than {MAX_ENVELOPE_BYTES} bytes")
     env = _obj(env, "envelope", {"signed", "signatures"})
     if not isinstance(env["signed"], dict):

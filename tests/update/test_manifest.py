@@ -222,3 +222,65 @@ def test_the_installer_keeps_the_time_floor_across_a_clock_jump(tmp_path, k):
     with pytest.raises(UpdateRejected) as ei:
         inst.check(sign_envelope(old, [k["old"]]))
     assert ei.value.code == "update.clock_unsynced"
+
+
+# -- issue 9, point 10: the verifier's edges ------------------------------------------------------
+
+def test_deep_nesting_is_refused_with_its_own_code_not_a_recursion_error(k):
+    deep = "[" * 50000 + "]" * 50000
+    raw = '{"signed": ' + deep + ', "signatures": []}'
+    with pytest.raises(UpdateRejected) as e:
+        verify_envelope(raw, trusted=trust(k["old"]), threshold=1, model_name="det", highest_version=4, now=NOW)
+    assert e.value.code == "update.too_deep"
+    # an already-parsed document (what the MQTT dispatcher hands over) too
+    doc: list = []
+    cur = doc
+    for _ in range(40):
+        cur.append([])
+        cur = cur[0]
+    with pytest.raises(UpdateRejected) as e:
+        verify_envelope({"signed": {"x": doc}, "signatures": []}, trusted=trust(k["old"]), threshold=1,
+                        model_name="det", highest_version=4, now=NOW)
+    assert e.value.code == "update.too_deep"
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999", "NaN", "Infinity", "1" * 5000, str(2**64)])
+def test_numbers_out_of_range_are_refused(k, number):
+    env = sign_envelope(signed(), [k["old"]])
+    raw = json.dumps(env).replace('"version": 5', f'"version": {number}')
+    assert code(lambda: verify_envelope(raw, trusted=trust(k["old"]), threshold=1, model_name="det",
+                                        highest_version=4, now=NOW)) == "update.number_range"
+
+
+def test_a_signed_huge_probation_is_refused_not_an_overflow(k):
+    env = sign_envelope(signed(health={"probation_s": 10**400}), [k["old"]])
+    assert code(lambda: verify(env, trust(k["old"]))) in ("update.number_range", "update.malformed")
+
+
+@pytest.mark.parametrize("field", ["target", "payload", "base"])
+def test_a_trailing_newline_in_a_sha256_is_refused(k, field):
+    s = signed()
+    s[field] = {**s[field], "sha256": H + "\n"}
+    assert code(lambda: verify(sign_envelope(s, [k["old"]]), trust(k["old"]))) == "update.malformed"
+
+
+def test_a_trailing_newline_in_names_is_refused(k):
+    assert code(lambda: verify(sign_envelope(signed(model="det\n"), [k["old"]]), trust(k["old"]),
+                               model="det\n")) == "update.malformed"
+    s = signed()
+    s["payload"] = {**s["payload"], "name": "det-5.bsdiff4\n"}
+    assert code(lambda: verify(sign_envelope(s, [k["old"]]), trust(k["old"]))) == "update.malformed"
+    assert code(lambda: verify(sign_envelope(signed(created="2026-01-01T00:00:00Z\n"), [k["old"]]),
+                               trust(k["old"]))) == "update.malformed"
+
+
+def test_the_verify_cli_prints_one_line_for_a_deep_manifest(tmp_path, k):
+    import subprocess
+    import sys
+
+    p = tmp_path / "deep.json"
+    p.write_text('{"signed": ' + "[" * 20000 + "]" * 20000 + ', "signatures": []}')
+    r = subprocess.run([sys.executable, "-m", "edgeagent", "verify", str(p), "--pubkey", str(k["dir"] / "old" / "edgeagent.pub")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "update.too_deep" in r.stderr, r.stderr
