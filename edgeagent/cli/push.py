@@ -19,6 +19,8 @@ from typing import Any
 
 from edgeagent.cli.common import add_json, emit_json
 from edgeagent.errors import CommandError, EdgeAgentError, TransportError
+from edgeagent.transport.client import MqttClient, split_broker
+from edgeagent.update.transfer import MIN_CHUNK, announce
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,49 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_push)
 
 
-class Publisher:
-    """A small paho client: publish, and hand every received message to a queue."""
-
-    def __init__(self, host: str, port: int, protocol: str, args: argparse.Namespace) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.mqtt = mqtt
-        self.v5 = protocol == "5"
-        self.inbox: queue.Queue = queue.Queue()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgeagent-push-{secrets.token_hex(4)}",
-                             protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311)
-        if args.tls_ca or args.tls_cert:
-            self.c.tls_set(ca_certs=args.tls_ca, certfile=args.tls_cert, keyfile=args.tls_key)
-        if args.username:
-            pw = Path(args.password_file).read_text().strip() if args.password_file else None
-            self.c.username_pw_set(args.username, pw)
-        self.c.on_message = lambda c, u, msg: self.inbox.put(msg)
-        self._connected = queue.Queue()
-        self.c.on_connect = lambda c, u, f, rc, p=None: self._connected.put(rc)
-        try:
-            self.c.connect(host, port, keepalive=30)
-        except OSError as e:
-            raise TransportError("mqtt.connect_failed", f"{host}:{port}: {e}") from None
-        self.c.loop_start()
-        try:
-            rc = self._connected.get(timeout=15)
-        except queue.Empty:
-            raise TransportError("mqtt.connect_failed", f"{host}:{port}: no CONNACK in 15 s") from None
-        if getattr(rc, "is_failure", False):
-            raise TransportError("mqtt.connect_failed", f"{host}:{port}: {rc}")
-
-    def subscribe(self, topic: str) -> None:
-        self.c.subscribe(topic, qos=1)
-
-    def publish(self, topic: str, payload: bytes | str, *, props: Any = None, qos: int = 1) -> None:
-        info = self.c.publish(topic, payload, qos=qos, properties=props)
-        info.wait_for_publish(30)
-
-    def close(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
-
-
 def cmd_push(args: argparse.Namespace) -> int:
     mpath = Path(args.manifest)
     try:
@@ -92,15 +51,17 @@ def cmd_push(args: argparse.Namespace) -> int:
     signed = envelope.get("signed") or {}
     version = signed.get("version")
     prefix = args.topic_prefix.replace("{device_id}", args.device).rstrip("/")
-    host, _, port = args.broker.partition(":")
-    pub = Publisher(host, int(port or 1883), args.protocol, args)
+    host, port = split_broker(args.broker)
+    pub = MqttClient(host, port, protocol=args.protocol, client_prefix="edgeagent-push", tls_ca=args.tls_ca,
+                     tls_cert=args.tls_cert, tls_key=args.tls_key, username=args.username,
+                     password_file=args.password_file)
     try:
         return _push(pub, args, envelope, mpath, prefix, version)
     finally:
         pub.close()
 
 
-def _push(pub: Publisher, args: argparse.Namespace, envelope: dict, mpath: Path, prefix: str, version: Any) -> int:
+def _push(pub: MqttClient, args: argparse.Namespace, envelope: dict, mpath: Path, prefix: str, version: Any) -> int:
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
@@ -128,10 +89,12 @@ def _push(pub: Publisher, args: argparse.Namespace, envelope: dict, mpath: Path,
         if args.mode == "b64":
             cmd_args["payload_b64"] = base64.b64encode(data).decode()
         else:
-            size = max(1024, args.chunk_size)
-            chunks = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+            # at most ~12,000 chunks, so the announcement (a sha256 per chunk) stays well under
+            # the device's mqtt.max_message_bytes
+            size = max(MIN_CHUNK, args.chunk_size, -(-len(data) // 12_000))
             tid = f"{(envelope.get('signed') or {}).get('model', 'm')}-{version}-{secrets.token_hex(3)}"
-            cmd_args["transfer"] = {"id": tid, "chunks": len(chunks)}
+            ann, chunks = announce(data, tid, size)
+            cmd_args["transfer"] = ann.to_args()
     props = None
     if pub.v5:
         props = Properties(PacketTypes.PUBLISH)
@@ -158,7 +121,7 @@ def _push(pub: Publisher, args: argparse.Namespace, envelope: dict, mpath: Path,
             body = json.loads(msg.payload)
         except ValueError:
             continue
-        if msg.topic == reply_topic and body.get("id") == rid:
+        if msg.topic == reply_topic and isinstance(body, dict) and body.get("id") == rid:
             reply = body
             if not body.get("ok"):
                 break
@@ -166,7 +129,22 @@ def _push(pub: Publisher, args: argparse.Namespace, envelope: dict, mpath: Path,
             if not args.wait:
                 break
             continue
-        ev = body.get("event")
+        ev = body.get("event") if isinstance(body, dict) else None
+        if msg.topic != f"{prefix}/events" or ev is None:
+            continue
+        ours = body.get("version") == version
+        if reply is None and ours and ev == "update.rejected":
+            # the device said no on its events (its reply may have gone to a connection we lost)
+            reply = {"id": rid, "ok": False, "error": {"code": body.get("code"), "message": body.get("reason", "")},
+                     "via": "events"}
+            break
+        if reply is None and ours and ev == "update.trial":
+            reply = {"id": rid, "ok": True, "result": {"version": version, "slot": body.get("slot"), "state": "trial"},
+                     "via": "events"}
+            say(f"device: v{version} installed, on trial in slot {body.get('slot')} (seen on its events)")
+            if not args.wait:
+                break
+            continue
         if ev == "update.transfer" and chunks and body.get("id") == cmd_args["transfer"]["id"]:
             missing = [i for i in body.get("missing", []) if isinstance(i, int) and 0 <= i < len(chunks)]
             for i in missing:
@@ -175,7 +153,7 @@ def _push(pub: Publisher, args: argparse.Namespace, envelope: dict, mpath: Path,
             say(f"device asked again for {len(missing)} chunk(s); re-sent")
         elif ev in ("update.verified", "update.applied", "update.trial"):
             say(f"device: {ev}")
-        elif ev in ("update.committed", "update.rolled_back") and reply is not None:
+        elif ev in ("update.committed", "update.rolled_back") and reply is not None and ours:
             outcome = body
             say(f"device: {ev}" + (f" ({body.get('reason')})" if ev == "update.rolled_back" else ""))
             break

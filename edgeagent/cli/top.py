@@ -170,18 +170,24 @@ def _local_feed(cfg: Any, view: TopView, interval: float) -> Iterator[None]:
 
 
 def _mqtt_feed(args: argparse.Namespace, view: TopView) -> Iterator[None]:
-    import paho.mqtt.client as mqtt
+    from edgeagent.errors import TransportError
+    from edgeagent.transport.client import MqttClient, split_broker
 
     prefix = args.topic_prefix.replace("{device_id}", args.device).rstrip("/")
-    host, _, port = args.mqtt.partition(":")
-    inbox: queue.Queue = queue.Queue()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    c.on_message = lambda cl, u, msg: inbox.put(msg)
-    c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe([(f"{prefix}/status", 1), (f"{prefix}/telemetry", 0), (f"{prefix}/events", 1)])
-    c.connect(host, int(port or 1883))
-    c.loop_start()
+    host, port = split_broker(args.mqtt)
+    c = MqttClient(host, port, client_prefix="edgeagent-top")
+    inbox = c.inbox
+    for t, q in ((f"{prefix}/status", 1), (f"{prefix}/telemetry", 0), (f"{prefix}/events", 1)):
+        c.subscribe(t, q)
+    lost_at: float | None = None
     try:
         while True:
+            if not c.connected:  # paho reconnects by itself; give up with one line after a while
+                lost_at = lost_at or time.monotonic()
+                if time.monotonic() - lost_at > 30:
+                    raise TransportError("mqtt.disconnected", f"{host}:{port}: lost the broker for 30 s")
+            else:
+                lost_at = None
             deadline = time.monotonic() + args.interval
             while time.monotonic() < deadline:
                 try:
@@ -200,8 +206,7 @@ def _mqtt_feed(args: argparse.Namespace, view: TopView) -> Iterator[None]:
                     view.on_event(body)
             yield
     finally:
-        c.loop_stop()
-        c.disconnect()
+        c.close()
 
 
 def cmd_top(args: argparse.Namespace) -> int:

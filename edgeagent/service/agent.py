@@ -307,6 +307,8 @@ class Agent:
             self._supervise_model(now)
             if now - self._clock_checked >= CLOCK_FLOOR_EVERY_S:
                 self._observe_clock()
+            if self.transport is not None:
+                self.transport.ensure_running()
             if now >= next_tel:
                 next_tel = now + self.config.telemetry.interval_s
                 self.publish_telemetry()

@@ -7,8 +7,10 @@ directory, fsync it, rename it over the target, fsync the directory.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,38 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def create_new(path: str | os.PathLike, mode: int = 0o600, flags: int = os.O_WRONLY) -> int:
+    """Open a fresh file at `path` with O_CREAT|O_EXCL|O_NOFOLLOW: whatever was planted at the
+    name (a stale temp file, or a symlink to /etc/shadow) is unlinked first, which removes the
+    link and never touches its target, and the new file cannot be a link."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+
+def open_regular(path: str | os.PathLike, flags: int, mode: int = 0o600) -> int:
+    """Open an existing file to resume it (O_NOFOLLOW), or a new one; a symlink or anything but a
+    regular file at the name is removed and replaced by a new empty file."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return create_new(path, mode, flags)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        return create_new(path, mode, flags)  # a symlink: never followed
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return create_new(path, mode, flags)
+    return fd
+
+
 def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    fd = create_new(tmp, mode)
     try:
         view = memoryview(data)
         while view:
@@ -53,7 +83,7 @@ def copy_durable(src: str | os.PathLike, dst: str | os.PathLike, chunk: int = 1 
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     h = hashlib.sha256()
     size = 0
-    with open(src, "rb") as fi, open(tmp, "wb") as fo:
+    with open(src, "rb") as fi, os.fdopen(create_new(tmp, 0o600), "wb") as fo:
         while True:
             b = fi.read(chunk)
             if not b:

@@ -27,7 +27,9 @@ from edgeagent.state.lock import StateLock
 log = logging.getLogger("edgeagent.state")
 
 SLOTS = ("a", "b")
+STATUSES = ("good", "trial", "bad", "empty")
 FORMAT = 1
+ANCHOR_KEEP = 8  # good models remembered in the anchor file
 SLOT_FILE_MODE = 0o444  # a slot's model is never modified in place: it is replaced whole, or not at all
 
 
@@ -70,15 +72,77 @@ class State:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "State":
+    def from_json(cls, d: Any) -> "State":
+        """Field by field, or ValueError: a state file is trusted for paths and decisions, so a
+        list where a table belongs, a slot named "../../x" or a version of "1" is damage, not data."""
         if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("active") not in SLOTS:
             raise ValueError("not an edgeagent state file")
-        slots = {k: (SlotInfo(**v) if v else None) for k, v in (d.get("slots") or {}).items() if k in SLOTS}
-        for k in SLOTS:
-            slots.setdefault(k, None)
-        return cls(active=d["active"], slots=slots, trial=d.get("trial"), high_water=dict(d.get("high_water") or {}),
-                   generation=int(d.get("generation", 0)), last_rollback=d.get("last_rollback"),
-                   boots=d.get("boots") if isinstance(d.get("boots"), dict) else None)
+        raw_slots = d.get("slots")
+        if not isinstance(raw_slots, dict) or not set(raw_slots) <= set(SLOTS):
+            raise ValueError("slots: expected a table with keys a and b")
+        slots = {k: _slot_info(raw_slots.get(k), k) for k in SLOTS}
+        trial = d.get("trial")
+        if trial is not None:
+            if not isinstance(trial, dict) or trial.get("slot") not in SLOTS or trial.get("from") not in SLOTS \
+                    or trial["slot"] == trial["from"]:
+                raise ValueError("trial: expected {slot, from} naming the two slots")
+            _int_field(trial, "attempts", "trial", optional=True)
+            _num_field(trial, "probation_s", "trial")
+            _int_field(trial, "min_inferences", "trial", optional=True)
+        hw = d.get("high_water") or {}
+        if not isinstance(hw, dict) or not all(isinstance(k, str) and _is_int(v) and v >= 0 for k, v in hw.items()):
+            raise ValueError("high_water: expected {model: version}")
+        gen = d.get("generation", 0)
+        if not _is_int(gen) or gen < 0:
+            raise ValueError("generation: expected an integer >= 0")
+        lr = d.get("last_rollback")
+        boots = d.get("boots")
+        if boots is not None and (not isinstance(boots, dict) or boots.get("slot") not in SLOTS
+                                  or not _is_int(boots.get("count", 0))):
+            boots = None  # bookkeeping only: forget it rather than refuse the file
+        return cls(active=d["active"], slots=slots, trial=trial, high_water=dict(hw), generation=gen,
+                   last_rollback=lr if isinstance(lr, dict) else None, boots=boots)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_field(d: dict, k: str, where: str, optional: bool = True) -> None:
+    v = d.get(k)
+    if v is None and optional:
+        return
+    if not _is_int(v) or v < 0:
+        raise ValueError(f"{where}.{k}: expected an integer >= 0")
+
+
+def _num_field(d: dict, k: str, where: str) -> None:
+    v = d.get(k)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 10**9):
+        raise ValueError(f"{where}.{k}: expected a number")
+
+
+_SLOT_STR = ("model", "sha256", "installed_at", "reason")
+
+
+def _slot_info(v: Any, name: str) -> SlotInfo | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ValueError(f"slots.{name}: expected a table")
+    for k in _SLOT_STR:
+        if v.get(k) is not None and not isinstance(v[k], str):
+            raise ValueError(f"slots.{name}.{k}: expected a string")
+    for k in ("version", "size"):
+        _int_field(v, k, f"slots.{name}")
+    sha = v.get("sha256")
+    if sha is not None and not (len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise ValueError(f"slots.{name}.sha256: expected 64 hex digits")
+    if v.get("status", "empty") not in STATUSES:
+        raise ValueError(f"slots.{name}.status: expected one of {', '.join(STATUSES)}")
+    if v.get("health") is not None and not isinstance(v["health"], dict):
+        raise ValueError(f"slots.{name}.health: expected a table")
+    return SlotInfo(**{f: v[f] for f in SlotInfo.__dataclass_fields__ if f in v})
 
 
 @dataclass
@@ -95,10 +159,16 @@ class SlotStore:
         self.dir = Path(state_dir)
         self.file = self.dir / "state.json"
         self.prev = self.dir / "state.json.prev"
+        # A second small file that only grows: the anti-rollback high-water marks and the sha256
+        # of the last good models. If state.json and .prev are both lost, a rebuild keeps the
+        # high-water marks and marks good only a slot whose file hashes to a model known good.
+        self.anchor = self.dir / "anchor.json"
         self.lock = StateLock(self.dir)
 
     # -- paths and reading ------------------------------------------------------------------
     def slot_path(self, slot: str) -> Path:
+        if slot not in SLOTS:  # never join a name from a file or a message into a path unchecked
+            raise StateError("state.invalid", f"slot {slot!r}: expected a or b")
         return self.dir / "slots" / slot / "model.tflite"
 
     def _read_file(self, path: Path) -> State | None:
@@ -111,11 +181,39 @@ class SlotStore:
             return None
 
     def state(self) -> State | None:
-        """The current state (no lock: rename is atomic, a reader sees a whole file)."""
+        """The current state (no lock: rename is atomic, a reader sees a whole file); .prev when
+        state.json is missing or damaged."""
         st = self._read_file(self.file)
-        if st is None and self.file.exists():
+        if st is None:
             st = self._read_file(self.prev)
         return st
+
+    def read_anchor(self) -> dict:
+        try:
+            a = json.loads(self.anchor.read_text())
+        except (OSError, ValueError):
+            return {"high_water": {}, "good": []}
+        hw = a.get("high_water") if isinstance(a, dict) else None
+        good = a.get("good") if isinstance(a, dict) else None
+        return {"high_water": {k: v for k, v in (hw or {}).items() if isinstance(k, str) and type(v) is int}
+                if isinstance(hw, dict) else {},
+                "good": [g for g in (good or []) if isinstance(g, dict) and isinstance(g.get("sha256"), str)
+                         and type(g.get("version")) is int] if isinstance(good, list) else []}
+
+    def _update_anchor(self, st: State) -> None:
+        a = self.read_anchor()
+        hw = dict(a["high_water"])
+        for k, v in st.high_water.items():
+            hw[k] = max(int(v), int(hw.get(k, 0)))
+        good = list(a["good"])
+        known = {g["sha256"] for g in good}
+        for info in st.slots.values():
+            if info is not None and info.status == "good" and info.sha256 and info.sha256 not in known:
+                good.append({"sha256": info.sha256, "model": info.model, "version": info.version or 0})
+                known.add(info.sha256)
+        new = {"high_water": hw, "good": good[-ANCHOR_KEEP:]}
+        if new != a:
+            atomic_write_json(self.anchor, new, mode=0o640)
 
     def verify_slot(self, slot: str, st: State | None = None) -> bool:
         """The slot's model file is there, read-only, and hashes to what state.json says."""
@@ -142,7 +240,13 @@ class SlotStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.file.exists() and self._read_file(self.file) is not None:
             atomic_write_json(self.prev, json.loads(self.file.read_text()), mode=0o640)
+        # the high-water mark never goes down, whatever this state says
+        anchor_hw = self.read_anchor()["high_water"]
+        for k, v in anchor_hw.items():
+            if int(st.high_water.get(k, 0)) < v:
+                st.high_water[k] = v
         atomic_write_json(self.file, st.to_json(), mode=0o640)
+        self._update_anchor(st)
 
     def _transition(self, change: Callable[[State], Any]) -> State:
         with self.lock:
@@ -164,17 +268,30 @@ class SlotStore:
         return SlotInfo(model_name, version, sha, size, now_rfc3339(), "good")
 
     def _recover(self, model_name: str) -> State | None:
-        """state.json and .prev are both unreadable: rebuild from whatever slot file exists."""
-        st = State()
+        """state.json and .prev are both unreadable: rebuild from the slot files and the anchor.
+        A slot is good only if its file hashes to a model the anchor knows was good; the
+        high-water marks come back from the anchor, never lower."""
+        a = self.read_anchor()
+        known = {g["sha256"]: g for g in a["good"]}
+        st = State(high_water=dict(a["high_water"]))
         found = False
         for s in SLOTS:
             p = self.slot_path(s)
-            if p.is_file():
-                st.slots[s] = SlotInfo(model_name, 0, sha256_file(p), p.stat().st_size, now_rfc3339(), "good",
-                                       "recovered without state.json")
+            if not p.is_file():
+                continue
+            sha = sha256_file(p)
+            g = known.get(sha)
+            if g is not None:
+                st.slots[s] = SlotInfo(g.get("model") or model_name, g["version"], sha, p.stat().st_size, now_rfc3339(),
+                                       "good", "recovered without state.json")
                 if not found:
                     st.active, found = s, True
-        return st if found else None
+            else:
+                st.slots[s] = SlotInfo(model_name, None, sha, p.stat().st_size, now_rfc3339(), "bad",
+                                       "unverified: state.json was lost and no record says this model was good")
+        if not found and st.slots.get("a") is not None and st.slots.get("b") is None:
+            st.active = "b"  # seed into the empty slot, keep the unverified file for inspection
+        return st
 
     def _count_boot(self, st: State, max_crashes: int, events: list) -> None:
         """A committed model that keeps ending in a crash or a watchdog restart is rolled back
@@ -217,11 +334,13 @@ class SlotStore:
         events: list[dict] = []
         with self.lock:
             st = self.state()
-            if st is None and (self.file.exists() or self.prev.exists()):
+            if st is not None and self._read_file(self.file) is None:
+                events.append({"event": "state.recovered", "reason": "state.json missing or damaged; restored from .prev"})
+            if st is None and (self.file.exists() or self.prev.exists() or self.anchor.exists()):
                 st = self._recover(model_name)
-                if st is not None:
-                    events.append({"event": "state.recovered", "reason": "state.json unreadable; rebuilt from the slots"})
-                    self._write(st)
+                events.append({"event": "state.recovered",
+                               "reason": "state.json and .prev unreadable; rebuilt from the slots and anchor.json"})
+                self._write(st)
             if st is None:  # first start
                 st = State()
                 st.slots["a"] = self._seed("a", initial, model_name, initial_version)
@@ -244,12 +363,14 @@ class SlotStore:
             else:
                 self._count_boot(st, max_crashes, events)
             self._write(st)  # the attempt is counted before the model is loaded
-            if not self.verify_slot(st.active, st):
+            cur_info = st.slots.get(st.active)
+            if cur_info is None or cur_info.status not in ("good", "trial") or not self.verify_slot(st.active, st):
                 cur = st.active
-                why = "missing" if not self.slot_path(cur).is_file() else "sha256 mismatch"
+                why = "missing" if not self.slot_path(cur).is_file() else \
+                    ("not known good" if cur_info is None or cur_info.status not in ("good", "trial") else "sha256 mismatch")
                 alt = other(cur)
                 if self.verify_slot(alt, st) and st.slots[alt].status in ("good", "trial"):
-                    if st.slots.get(cur) is not None:
+                    if st.slots.get(cur) is not None and st.slots[cur].status != "bad":
                         st.slots[cur].status, st.slots[cur].reason = "bad", f"model file {why}"
                     if st.trial:
                         st.trial = None

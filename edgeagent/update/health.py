@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeagent.update.cancel import NEVER, Cancel  # light: threading and the error classes only
+
 DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of data segment for the child
 CHILD_NICE = 10  # the serving loop keeps the CPU it needs while a candidate is checked
 PR_SET_PDEATHSIG = 1
@@ -252,14 +254,26 @@ def run_checks(req: HealthRequest) -> HealthResult:
     return res
 
 
-def check(req: HealthRequest, frames: list[np.ndarray], *, timeout_s: float, workdir: Path) -> HealthResult:
-    """Run the checks in a child process; any way the child dies is a failed check."""
+def frames_file_bytes(frames: list[np.ndarray]) -> int:
+    """What the frames file of a check will take on disk (counted in the update's space check)."""
+    return sum(int(f.nbytes) + 256 for f in frames) + 1024
+
+
+def check(req: HealthRequest, frames: list[np.ndarray], *, timeout_s: float, workdir: Path,
+          cancel: Cancel = NEVER) -> HealthResult:
+    """Run the checks in a child process; any way the child dies is a failed check. A cancel
+    kills the child at once (update.cancelled)."""
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    with tempfile.NamedTemporaryFile(dir=workdir, suffix=".npz", delete=False) as fh:
-        if frames:
-            np.savez(fh, **{f"f_{i}": f for i, f in enumerate(frames)})
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix="health-", suffix=".npz", delete=False) as fh:
         frames_file = fh.name
+        try:
+            if frames:
+                np.savez(fh, **{f"f_{i}": f for i, f in enumerate(frames)})
+        except BaseException:
+            fh.close()
+            os.unlink(frames_file)
+            raise
     req = HealthRequest(**{**asdict(req), "frames_file": frames_file})
     try:
         proc = subprocess.Popen(
@@ -269,12 +283,24 @@ def check(req: HealthRequest, frames: list[np.ndarray], *, timeout_s: float, wor
             # the child's nice would no longer yield to the serving loop
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        try:
-            out, err = proc.communicate(json.dumps(asdict(req)).encode(), timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            return HealthResult(False, "health.timeout", f"no answer within {timeout_s:.0f} s")
+        data: bytes | None = json.dumps(asdict(req)).encode()
+        end = t0 + timeout_s
+        with cancel.hook(proc.kill):
+            while True:
+                try:
+                    out, err = proc.communicate(data, timeout=max(0.01, min(0.5, end - time.monotonic())))
+                    break
+                except subprocess.TimeoutExpired:
+                    data = None  # sent with the first call
+                    if cancel.is_set:
+                        proc.kill()
+                        proc.communicate()
+                        cancel.check()
+                    if time.monotonic() >= end:
+                        proc.kill()
+                        proc.communicate()
+                        return HealthResult(False, "health.timeout", f"no answer within {timeout_s:.0f} s")
+        cancel.check()
     finally:
         os.unlink(frames_file)
     secs = round(time.monotonic() - t0, 3)

@@ -25,7 +25,9 @@ from edgeagent.errors import CommandError
 from edgeagent.state.timefloor import TimeFloor, utcnow
 from edgeagent.update import health as health_mod
 from edgeagent.update.errors import UpdateRejected
+from edgeagent.update.cancel import NEVER, Cancel
 from edgeagent.update.fetch import fetch_to_staging
+from edgeagent.update.transfer import Announce
 from edgeagent.update.keys import load_trusted_keys
 from edgeagent.update.manifest import Manifest, verify_envelope
 from edgeagent.update.patch import apply_delta, copy_full
@@ -38,39 +40,45 @@ Emit = Callable[..., Any]
 
 @dataclass(frozen=True)
 class PayloadSource:
-    """Where the payload comes from: exactly one of url, b64, transfer (id, chunks)."""
+    """Where the payload comes from: exactly one of url, b64, transfer."""
 
     url: str | None = None
     b64: str | None = None
-    transfer_id: str | None = None
-    chunks: int | None = None
+    transfer: Announce | None = None
 
     @classmethod
-    def from_args(cls, args: dict) -> "PayloadSource":
+    def from_args(cls, args: dict, *, allow_file: bool = True) -> "PayloadSource":
+        """allow_file: False for updates that came over MQTT (unless update.allow_file_urls), so no
+        message can make the daemon open a local path."""
         given = [k for k in ("payload_url", "payload_b64", "transfer") if args.get(k) is not None]
         if len(given) != 1:
             raise CommandError("cmd.bad_args", "args: give exactly one of payload_url, payload_b64, transfer")
         if given[0] == "payload_url":
             url = args["payload_url"]
-            if not isinstance(url, str) or not url.split(":", 1)[0] in ("http", "https", "file"):
+            scheme = url.split(":", 1)[0].lower() if isinstance(url, str) else None
+            if scheme not in ("http", "https", "file") or len(url) > 8192:
                 raise CommandError("cmd.bad_args", "args.payload_url: must be an http, https or file URL")
+            if scheme == "file" and not allow_file:
+                raise UpdateRejected("update.url_refused", "args.payload_url: file:// URLs are not accepted over MQTT "
+                                                           "(update.allow_file_urls = false)")
             return cls(url=url)
         if given[0] == "payload_b64":
             if not isinstance(args["payload_b64"], str):
                 raise CommandError("cmd.bad_args", "args.payload_b64: must be a base64 string")
             return cls(b64=args["payload_b64"])
-        t = args["transfer"]
-        if not isinstance(t, dict) or not isinstance(t.get("id"), str) or isinstance(t.get("chunks"), bool) \
-                or not isinstance(t.get("chunks"), int) or t["chunks"] < 1:
-            raise CommandError("cmd.bad_args", "args.transfer: must be {\"id\": str, \"chunks\": int >= 1}")
-        return cls(transfer_id=t["id"], chunks=t["chunks"])
+        return cls(transfer=Announce.from_args(args["transfer"]))
+
+    @property
+    def transfer_id(self) -> str | None:
+        return self.transfer.id if self.transfer else None
 
     def to_args(self) -> dict:
         if self.url:
             return {"payload_url": self.url}
         if self.b64 is not None:
             return {"payload_b64": self.b64}
-        return {"transfer": {"id": self.transfer_id, "chunks": self.chunks}}
+        assert self.transfer is not None
+        return {"transfer": self.transfer.to_args()}
 
 
 @dataclass
@@ -91,7 +99,11 @@ class Installer:
         progress: Callable[[dict], None] | None = None,
         wait_transfer: Callable[[Any, Manifest], Path] | None = None,
         clock: Callable[[], Any] = utcnow,
+        cancel: Cancel = NEVER,
+        deadline: float | None = None,
     ) -> None:
+        self.cancel = cancel
+        self.deadline = deadline  # monotonic; None: update.download_deadline_s from the fetch's start
         self.cfg = cfg
         self.clock = clock
         self.time_floor = TimeFloor(cfg.state_dir)
@@ -106,7 +118,7 @@ class Installer:
         self._progress(p)
 
     # -- step 1: check ----------------------------------------------------------------------
-    def check(self, envelope: Any) -> Manifest:
+    def check(self, envelope: Any, extra_bytes: int = 0) -> Manifest:
         ucfg = self.cfg.update
         trusted = load_trusted_keys(list(ucfg.trusted_keys))
         st = self.store.state()
@@ -126,8 +138,16 @@ class Installer:
                                      f"delta base {m.base.sha256[:12]} (v{m.base.version}) is not the active model ({have})")
         if m.payload.size > ucfg.max_payload_bytes:
             raise UpdateRejected("update.too_large", f"payload {m.payload.size} bytes > max_payload_bytes {ucfg.max_payload_bytes}")
-        # room for the payload in staging and the target in the slot, with 1 MiB to spare
-        self.staging.check_space(m.payload.size + m.target.size + (1 << 20))
+        # room for everything the update writes: the payload in staging (less what a resumed
+        # download already holds), the target in the slot, the health check's frames file
+        # (extra_bytes), with 1 MiB to spare
+        held = 0
+        for p in (self.staging.part_path(m.payload.sha256), self.staging.payload_path(m.payload.sha256)):
+            try:
+                held += p.lstat().st_size
+            except OSError:
+                pass
+        self.staging.check_space(max(0, m.payload.size - held) + m.target.size + extra_bytes + (1 << 20))
         return m
 
     # -- step 2: fetch ----------------------------------------------------------------------
@@ -140,10 +160,15 @@ class Installer:
                 self.phase("download", p.get("percent"), bytes=p.get("bytes"), total=p.get("total"))
                 self.emit("update.downloading", version=m.version, percent=p.get("percent"), bytes=p.get("bytes"))
 
+            u = self.cfg.update
             return fetch_to_staging(src.url, dest=dest, expected_size=m.payload.size,
-                                    expected_sha256=m.payload.sha256, max_bytes=self.cfg.update.max_payload_bytes,
-                                    progress=prog)
+                                    expected_sha256=m.payload.sha256, max_bytes=u.max_payload_bytes,
+                                    progress=prog, stall_s=u.download_stall_s, deadline_s=u.download_deadline_s,
+                                    deadline=self.deadline, cancel=self.cancel)
         if src.b64 is not None:
+            if len(src.b64) > 4 * (m.payload.size // 3 + 1) + 4096:  # don't decode far more than announced
+                raise UpdateRejected("update.payload_size", f"payload_b64: {len(src.b64)} characters for "
+                                                            f"{m.payload.size} bytes")
             try:
                 data = base64.b64decode(src.b64, validate=True)
             except (binascii.Error, ValueError):
@@ -161,9 +186,11 @@ class Installer:
         self.phase("write", 0.0, slot=slot)
         if m.kind == "delta":
             base = self.store.slot_path(st.active)
-            apply_delta(base, m.base.sha256, payload, target, target_sha256=m.target.sha256, target_size=m.target.size)
+            apply_delta(base, m.base.sha256, payload, target, target_sha256=m.target.sha256, target_size=m.target.size,
+                        check=self.cancel.check)
         else:
-            copy_full(payload, target, target_sha256=m.target.sha256, target_size=m.target.size)
+            copy_full(payload, target, target_sha256=m.target.sha256, target_size=m.target.size,
+                      check=self.cancel.check)
         self.phase("write", 100.0, slot=slot)
         return slot, target
 
@@ -180,18 +207,21 @@ class Installer:
             backend=mc.backend, num_threads=mc.num_threads, input_mean=mc.input_mean, input_std=mc.input_std,
         )
         return health_mod.check(req, frames, timeout_s=self.cfg.update.health_timeout_s,
-                                workdir=self.staging.dir)
+                                workdir=self.staging.dir, cancel=self.cancel)
 
     def run(self, envelope: Any, src: PayloadSource, frames: list[np.ndarray]) -> Installed:
         """check -> fetch -> verify -> write -> verify target -> health. Raises on refusal."""
         t0 = time.monotonic()
         self.phase("check")
-        m = self.check(envelope)
+        m = self.check(envelope, extra_bytes=health_mod.frames_file_bytes(frames))
         self.emit("update.received", version=m.version, kind=m.kind, payload_size=m.payload.size)
+        self.cancel.check()
         payload = self.fetch(m, src)
+        self.cancel.check()
         self.emit("update.verified", version=m.version, sha256=m.payload.sha256)
         slot, target = self.write(m, payload)
         self.emit("update.applied", version=m.version, slot=slot, sha256=m.target.sha256)
+        self.cancel.check()
         res = self.health(m, target, frames)
         hdict = res.to_dict()
         if not res.ok:
@@ -200,7 +230,7 @@ class Installer:
             raise UpdateRejected("update.health_failed", f"{res.code}: {res.reason}")
         self.store.record_installed(slot, model=m.model, version=m.version, sha256=m.target.sha256,
                                     size=m.target.size, health=hdict)
-        self.staging.cleanup(keep=set())
+        self.staging.cleanup()
         log.info("v%s installed in slot %s in %.1f s (health: %s ms vs %s ms)", m.version, slot,
                  time.monotonic() - t0, res.latency_ms, res.baseline_ms)
         return Installed(m, slot, target, hdict)

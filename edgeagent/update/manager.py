@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
-import queue
 import threading
 import time
 from pathlib import Path
@@ -21,21 +20,22 @@ from typing import Any
 
 import psutil
 
-from edgeagent.control.dispatcher import DEFERRED, Context, Dispatcher, require
+from edgeagent.control.dispatcher import DEFERRED, Context, Dispatcher, Request, require
 from edgeagent.errors import CommandError, EdgeAgentError, ModelError, StateError, TransportError
+from edgeagent.runtime.loop import Shadow
 from edgeagent.state.atomic import atomic_write_json
+from edgeagent.update import transfer as transfer_mod
+from edgeagent.update.cancel import Cancel
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.installer import Installed, Installer, PayloadSource
-from edgeagent.runtime.loop import Shadow
 from edgeagent.update.probation import Limits, judge, stall_limit_s
-from edgeagent.update.transfer import TransferStore
+from edgeagent.update.staging import Staging
 
 log = logging.getLogger("edgeagent.update")
 
 PROBATION_TICK_S = 0.1
 TRANSFER_REREQUEST_S = 2.0
-TRANSFER_STALL_S = 300.0
-MAX_EARLY_CHUNKS = 4096
+CANCEL_WAIT_S = 15.0  # how long cancel / rollback wait for the update thread to stop
 
 
 # How long a swap may wait for the loop to reach a frame boundary before the loop counts as stuck.
@@ -73,8 +73,11 @@ class UpdateManager:
         self._trial: _Trial | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._chunks: dict[str, queue.Queue] = {}
-        self._early: queue.Queue = queue.Queue(maxsize=MAX_EARLY_CHUNKS)
+        self._inbox = transfer_mod.ChunkInbox(agent.config.update.max_chunk_buffer_bytes)
+        self._cancel: Cancel | None = None  # the running update's
+        self._current: dict | None = None  # the running update: payload sha256, version, waiters
+        self._done = threading.Event()
+        self._done.set()
 
     @property
     def cfg(self):  # config.set can replace the agent's config
@@ -89,6 +92,7 @@ class UpdateManager:
         d.register("update", self.op_update)
         d.register("rollback", self.op_rollback)
         d.register("commit", self.op_commit)
+        d.register("cancel", self.op_cancel)
         d.register("slots", lambda args, ctx: self.store.slots_table())
 
     def resume(self, plan: Any) -> None:
@@ -103,12 +107,50 @@ class UpdateManager:
                 log.warning("previous model (slot %s) does not load: %s", t["from"], e)
             before = t.get("before") or {"invoke_p50_ms": t.get("baseline_ms"), "rss_mb": None}
             self._start_probation(plan.slot, prev, self._limits(t, t.get("expected_ms")), before)
+        staging = Staging(self.cfg.state_dir)
         try:
             pending = json.loads(self._pending_file.read_text())
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            self._clean_staging(staging, set())  # what a killed daemon left (health frames, refused payloads)
             return
+        except (OSError, ValueError, RecursionError) as e:
+            log.error("%s unreadable (%s); removed", self._pending_file, e)
+            self._forget_pending()
+            self._clean_staging(staging, set())
+            return
+        try:
+            if not isinstance(pending, dict) or not isinstance(pending.get("manifest"), dict) \
+                    or not isinstance(pending.get("source"), dict):
+                raise CommandError("cmd.bad_args", "expected {manifest, source}")
+            src = PayloadSource.from_args(pending["source"])  # allowed when it was accepted
+        except EdgeAgentError as e:
+            log.error("%s is not a resumable update (%s); removed", self._pending_file, e.message)
+            self._forget_pending()
+            self._clean_staging(staging, set())
+            return
+        deadline_at = pending.get("deadline_at")
+        left = (deadline_at - time.time()) if isinstance(deadline_at, (int, float)) else None
+        payload = ((pending["manifest"].get("signed") or {}).get("payload") or {}) \
+            if isinstance(pending["manifest"].get("signed"), dict) else {}
+        sha = payload.get("sha256") if isinstance(payload, dict) and isinstance(payload.get("sha256"), str) else ""
+        self._clean_staging(staging, staging.names_for(sha, src.transfer_id) if len(sha) == 64 and sha.isalnum() else set())
         log.info("resuming the unfinished update to v%s", pending.get("version"))
-        self._launch(pending["manifest"], PayloadSource.from_args(pending["source"]), None)
+        ctx = self._resumed_context(pending.get("request"))
+        self._launch(pending["manifest"], src, ctx,
+                     deadline=time.monotonic() + max(0.0, min(left, self.cfg.update.download_deadline_s))
+                     if left is not None else None)
+
+    def _resumed_context(self, req: Any) -> Context | None:
+        """The original request of a resumed update, so its answer reaches the requester."""
+        if not isinstance(req, dict) or not isinstance(req.get("id"), str):
+            return None
+        reply = None
+        transport = getattr(self.agent, "transport", None)
+        if req.get("source") == "mqtt" and transport is not None:
+            reply = transport.reply_to(req.get("route"))
+        if reply is None:
+            return None
+        return Context(Request(req["id"], "update", {}), reply, "mqtt")
 
     def stop(self) -> None:
         self._stop.set()
@@ -147,58 +189,125 @@ class UpdateManager:
     def op_update(self, args: dict, ctx: Context) -> Any:
         manifest = args.get("manifest")
         if isinstance(manifest, str):
-            try:
-                manifest = json.loads(manifest)
-            except ValueError:
-                raise UpdateRejected("update.malformed", "args.manifest: not JSON") from None
+            from edgeagent.update.manifest import load_untrusted
+
+            manifest = load_untrusted(manifest)
         if not isinstance(manifest, dict):
             raise CommandError("cmd.bad_args", "args.manifest: required, the signed envelope object")
-        src = PayloadSource.from_args(args)
+        allow_file = ctx.source != "mqtt" or self.cfg.update.allow_file_urls
+        src = PayloadSource.from_args(args, allow_file=allow_file)
         if not self._launch(manifest, src, ctx):
+            if self._join(manifest, ctx):
+                return DEFERRED  # the same update is already under way: answer this request too
             raise UpdateRejected("update.busy", "another update is in progress")
         return DEFERRED
 
-    def _launch(self, manifest: dict, src: PayloadSource, ctx: Context | None) -> bool:
+    def _join(self, manifest: dict, ctx: Context) -> bool:
+        """A retried request for the update already running (a publisher that lost its
+        connection and pushed again) waits for that update's outcome instead of update.busy."""
+        cur = self._current
+        signed = manifest.get("signed") if isinstance(manifest.get("signed"), dict) else {}
+        payload = signed.get("payload") if isinstance(signed.get("payload"), dict) else {}
+        if cur is None or cur.get("signed") != signed or not payload.get("sha256"):
+            return False
+        cur["waiters"].append(ctx)
+        return True
+
+    def _launch(self, manifest: dict, src: PayloadSource, ctx: Context | None, deadline: float | None = None) -> bool:
         if not self._busy.acquire(blocking=False):
             return False
         self._progress = {"phase": "check", "started_at": round(time.time(), 3)}
-        self._spawn(self._run_update, manifest, src, ctx, name="update")
+        self._cancel = Cancel()
+        self._current = {"signed": manifest.get("signed"), "waiters": [ctx] if ctx else []}
+        self._done.clear()
+        if deadline is None:
+            deadline = time.monotonic() + self.cfg.update.download_deadline_s
+        self._spawn(self._run_update, manifest, src, ctx, self._cancel, deadline, name="update")
         return True
 
-    def _run_update(self, manifest: dict, src: PayloadSource, ctx: Context | None) -> None:
-        version = (manifest.get("signed") or {}).get("version") if isinstance(manifest.get("signed"), dict) else None
+    def _answer(self, ok: Any = None, err: EdgeAgentError | None = None) -> None:
+        cur = self._current
+        for w in (cur or {}).get("waiters", []):
+            if err is not None:
+                w.fail(err)
+            else:
+                w.reply(ok)
+
+    def _run_update(self, manifest: dict, src: PayloadSource, ctx: Context | None, cancel: Cancel,
+                    deadline: float) -> None:
+        signed = manifest.get("signed") if isinstance(manifest.get("signed"), dict) else {}
+        version = signed.get("version")
+        staging = Staging(self.cfg.state_dir)
+        keep: set[str] = set()
         try:
             if self._trial is not None:
                 raise UpdateRejected("update.busy", "a model is on trial; commit or roll back first")
             inst = Installer(self.cfg, self.store, emit=self.events.emit, progress=self._set_progress,
-                             wait_transfer=self._wait_transfer)
-            m = inst.check(manifest)  # verified before anything is remembered or fetched
+                             wait_transfer=lambda s, m: self._wait_transfer(s, m, cancel, deadline),
+                             cancel=cancel, deadline=deadline)
+            frames = self._frames()
+            from edgeagent.update import health as health_mod
+
+            m = inst.check(manifest, extra_bytes=health_mod.frames_file_bytes(frames))  # verified first
             version = m.version
-            self._remember_pending(manifest, src, m.version)
-            installed = inst.run(manifest, src, self._frames())
+            keep = staging.names_for(m.payload.sha256, src.transfer_id)
+            self._remember_pending(manifest, src, m.version, ctx, deadline)
+            installed = inst.run(manifest, src, frames)
+            cancel.check()
             self._switch_to(installed)
             result = {"version": m.version, "slot": installed.slot, "state": "trial",
                       "probation_s": self._trial.limits.probation_s if self._trial else None,
                       "health": installed.health}
             self._forget_pending()
-            if ctx:
-                ctx.reply(result)
+            self._answer(ok=result)
         except EdgeAgentError as e:
-            if not isinstance(e, TransportError):
-                self._forget_pending()  # bad data: do not retry it at the next start
+            resumable = isinstance(e, TransportError) and e.code == "download.failed" and not cancel.is_set
+            if not resumable:
+                self._forget_pending()  # bad data, a cancel or a deadline: do not retry it at the next start
+            self._clean_staging(staging, keep if resumable else set())
             self.events.emit("update.rejected", version=version, code=e.code, reason=e.message)
-            if ctx:
-                ctx.fail(e)
+            self._answer(err=e)
         except Exception as e:  # noqa: BLE001 - a bug must answer, not hang the caller
             log.exception("update failed")
             self._forget_pending()
+            self._clean_staging(staging, set())
             err = UpdateRejected("update.internal", f"{type(e).__name__}: {e}")
             self.events.emit("update.rejected", version=version, code=err.code, reason=err.message)
-            if ctx:
-                ctx.fail(err)
+            self._answer(err=err)
         finally:
             self._progress = None
+            self._current = None
+            self._cancel = None
+            self._inbox.activate(None)
             self._busy.release()
+            self._done.set()
+
+    @staticmethod
+    def _clean_staging(staging: Staging, keep: set[str]) -> None:
+        try:
+            n = staging.cleanup(keep)
+            if n:
+                log.info("staging: removed %d file(s) the update left", n)
+        except OSError as e:
+            log.warning("staging cleanup failed: %s", e)
+
+    def _cancel_running(self, reason: str) -> bool:
+        """Cancel the running update and wait for its thread to stop; True when none runs now."""
+        c = self._cancel
+        if c is not None:
+            c.cancel(reason)
+        return self._done.wait(CANCEL_WAIT_S)
+
+    def op_cancel(self, args: dict, ctx: Context) -> dict:
+        reason = require(args, "reason", str, optional=True, default="cancelled by command")
+        phase = (self._progress or {}).get("phase")
+        if self._cancel is None:
+            return {"cancelled": False, "phase": None,
+                    "note": "no update is being installed" + ("; a trial ends with commit or rollback"
+                                                              if self._trial is not None else "")}
+        if not self._cancel_running(reason):
+            raise UpdateRejected("update.busy", f"the update did not stop within {CANCEL_WAIT_S:.0f} s")
+        return {"cancelled": True, "phase": phase}
 
     def _set_progress(self, p: dict) -> None:
         self._progress = {**(self._progress or {}), **p}
@@ -207,11 +316,21 @@ class UpdateManager:
         loop = self.agent.loop
         return loop.recent_frames() if loop is not None else []
 
-    def _remember_pending(self, manifest: dict, src: PayloadSource, version: int) -> None:
+    def _remember_pending(self, manifest: dict, src: PayloadSource, version: int, ctx: Context | None,
+                          deadline: float) -> None:
+        """What a restart needs to finish this update and answer its request: the request id and
+        where its reply goes, and the wall-clock deadline (a restart does not reset it)."""
         if src.b64 is not None:
             return  # the command itself carries the payload; nothing to resume
+        request = None
+        if ctx is not None:
+            request = {"id": ctx.request.id, "source": ctx.source,
+                       "route": getattr(getattr(ctx, "_reply", None), "route", None)}
         self._pending_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self._pending_file, {"manifest": manifest, "source": src.to_args(), "version": version})
+        atomic_write_json(self._pending_file, {"manifest": manifest, "source": src.to_args(), "version": version,
+                                               "request": request,
+                                               "deadline_at": round(time.time() + deadline - time.monotonic(), 3)},
+                          mode=0o600)
 
     def _forget_pending(self) -> None:
         try:
@@ -221,60 +340,54 @@ class UpdateManager:
 
     # -- chunked transfer over MQTT ---------------------------------------------------------
     def on_chunk(self, transfer_id: str, index: int, data: bytes) -> None:
-        """Called on the transport's thread: enqueue only."""
-        q = self._chunks.get(transfer_id)
-        try:
-            (q or self._early).put_nowait((transfer_id, index, data))
-        except queue.Full:
-            pass  # counted as missing and re-requested later
+        """Called on the transport's thread: enqueue only, bounded in bytes (what does not fit is
+        dropped and asked for again)."""
+        self._inbox.put(transfer_id, index, data)
 
-    def _wait_transfer(self, src: PayloadSource, m: Any) -> Path:
-        tid = src.transfer_id
-        store = TransferStore(self.cfg.state_dir / "staging")
-        tr = store.begin(tid, src.chunks, m.payload.size, m.payload.sha256)
-        q: queue.Queue = queue.Queue()
-        self._chunks[tid] = q
-        leftovers = []
-        while True:  # chunks that came before the command
-            try:
-                item = self._early.get_nowait()
-            except queue.Empty:
-                break
-            if item[0] == tid:
-                q.put(item)
-            else:
-                leftovers.append(item)
-        for item in leftovers:
-            self.on_chunk(*item)
+    def _wait_transfer(self, src: PayloadSource, m: Any, cancel: Cancel, deadline: float) -> Path:
+        ann = src.transfer
+        assert ann is not None
+        ann.check(m.payload.size, self.cfg.mqtt.max_message_bytes)
+        staging = Staging(self.cfg.state_dir)
+        dest = staging.payload_path(m.payload.sha256)
+        tr = transfer_mod.begin(staging.dir, ann, m.payload.size, m.payload.sha256)
+        self._inbox.activate(ann.id)
+        stall_s = self.cfg.update.download_stall_s
         try:
             last_progress = time.monotonic()
             last_request = 0.0
             last_pct = -1.0
+            bad_seen = 0
             while not tr.complete:
+                cancel.check()
                 if self._stop.is_set():
                     raise TransportError("download.failed", "stopped while waiting for chunks")
-                try:
-                    _, idx, data = q.get(timeout=0.2)
-                    tr.add(idx, data)
-                    last_progress = time.monotonic()
-                    pct = 100.0 * (src.chunks - len(tr.missing())) / src.chunks
-                    if pct - last_pct >= 1.0 or tr.complete:
-                        last_pct = pct
-                        self._set_progress({"phase": "download", "percent": round(pct, 1)})
-                        self.events.emit("update.downloading", version=m.version, percent=round(pct, 1), transfer=tid)
-                except queue.Empty:
-                    pass
+                item = self._inbox.get(timeout=0.2)
                 now = time.monotonic()
+                if item is not None and tr.add(*item):
+                    last_progress = now
+                    p = tr.progress()
+                    if p["percent"] - last_pct >= 1.0 or tr.complete:
+                        last_pct = p["percent"]
+                        self._set_progress(p)
+                        self.events.emit("update.downloading", version=m.version, percent=p["percent"],
+                                         bytes=p["bytes"], transfer=ann.id)
+                if tr.bad > bad_seen:
+                    log.warning("transfer %s: %d chunk(s) dropped (wrong index, size or sha256)", ann.id,
+                                tr.bad - bad_seen)
+                    bad_seen = tr.bad
                 if not tr.complete and now - max(last_progress, last_request) >= TRANSFER_REREQUEST_S:
                     last_request = now
-                    missing = tr.missing()
-                    self.events.emit("update.transfer", id=tid, missing=missing[:512], missing_count=len(missing),
-                                     chunks=src.chunks)
-                if now - last_progress > TRANSFER_STALL_S:
-                    raise TransportError("download.failed", f"transfer {tid}: no chunk for {TRANSFER_STALL_S:.0f} s")
-            return tr.assemble()
+                    self.events.emit("update.transfer", id=ann.id, missing=tr.missing(512),
+                                     missing_count=tr.missing_count, chunks=ann.chunks, bad_chunks=tr.bad)
+                if now - last_progress > stall_s:
+                    raise TransportError("download.failed", f"transfer {ann.id}: no chunk for {stall_s:.0f} s")
+                if now > deadline:
+                    raise TransportError("download.timeout", f"transfer {ann.id}: not complete by the download deadline")
+            return tr.assemble(dest)
         finally:
-            self._chunks.pop(tid, None)
+            self._inbox.activate(None)
+            tr.close()
 
     # -- switch, probation, commit, rollback ------------------------------------------------
     def _limits(self, overrides: dict | None = None, expected_ms: float | None = None) -> Limits:
@@ -435,7 +548,13 @@ class UpdateManager:
         if trial is not None:
             return self._rollback_trial(trial, reason, automatic=False)
         if self._busy.locked():
-            raise UpdateRejected("update.busy", "an update is being installed; try again when it ends")
+            # a download never blocks a rollback: the update is cancelled first (it may be
+            # about to write the slot the rollback goes to)
+            if not self._cancel_running(f"cancelled by rollback: {reason}"):
+                raise UpdateRejected("update.busy", f"the update did not stop within {CANCEL_WAIT_S:.0f} s")
+            trial = self._trial
+            if trial is not None:  # it had just switched: roll that trial back
+                return self._rollback_trial(trial, reason, automatic=False)
         loop = self.agent.loop
         with self._switch:
             st = self.store.state()

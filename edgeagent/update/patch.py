@@ -20,11 +20,12 @@ import hashlib
 import mmap
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from bsdiff4.core import decode_int64
 
-from edgeagent.state.atomic import fsync_dir
+from edgeagent.state.atomic import create_new, fsync_dir
 from edgeagent.update.errors import UpdateRejected
 
 
@@ -117,7 +118,7 @@ def _write_verified(out_path: Path, target_sha256: str, target_size: int, write)
     out_path = Path(out_path)
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     h = hashlib.sha256()
-    with open(tmp, "wb") as fo:
+    with os.fdopen(create_new(tmp, 0o600), "wb") as fo:  # never through a planted symlink
         try:
             size = write(fo, h)
         except BaseException:
@@ -144,24 +145,37 @@ def _sha256_file(path: Path) -> str:
 
 
 def apply_delta(base_path: Path, base_sha256: str, patch_path: Path, out_path: Path, *,
-                target_sha256: str, target_size: int) -> None:
+                target_sha256: str, target_size: int, check: Callable[[], None] = lambda: None) -> None:
     if _sha256_file(Path(base_path)) != base_sha256:
         raise UpdateRejected("update.wrong_base", f"{base_path}: sha256 differs from the delta's base")
 
     def write(fo, h) -> int:
         try:
-            return stream_patch(Path(base_path), Path(patch_path), fo, h, expect_size=target_size)
+            return stream_patch(Path(base_path), Path(patch_path), _Checked(fo, check), h, expect_size=target_size)
         except (ValueError, OSError, EOFError) as e:
             raise UpdateRejected("update.bad_patch", f"the bsdiff4 patch does not apply: {e}") from None
 
     _write_verified(out_path, target_sha256, target_size, write)
 
 
-def copy_full(payload_path: Path, out_path: Path, *, target_sha256: str, target_size: int) -> None:
+class _Checked:
+    """A file whose every write first asks whether the update was cancelled."""
+
+    def __init__(self, fo, check: Callable[[], None]) -> None:
+        self.fo, self.check = fo, check
+
+    def write(self, b: bytes) -> int:
+        self.check()
+        return self.fo.write(b)
+
+
+def copy_full(payload_path: Path, out_path: Path, *, target_sha256: str, target_size: int,
+              check: Callable[[], None] = lambda: None) -> None:
     def write(fo, h) -> int:
         size = 0
         with open(payload_path, "rb") as fi:
             for b in iter(lambda: fi.read(CHUNK), b""):
+                check()
                 fo.write(b)
                 h.update(b)
                 size += len(b)

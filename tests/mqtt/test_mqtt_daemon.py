@@ -250,9 +250,10 @@ def test_tls_with_client_certificates_and_a_wrong_ca(tmp_path, peers, start_daem
 
 
 def _transfer_args(rel: dict, tid: str, chunk: int) -> tuple[dict, list[bytes]]:
-    data = Path(rel["payload"]).read_bytes()
-    chunks = [data[i:i + chunk] for i in range(0, len(data), chunk)]
-    return {"manifest": json.loads(Path(rel["manifest"]).read_text()), "transfer": {"id": tid, "chunks": len(chunks)}}, chunks
+    from edgeagent.update.transfer import announce
+
+    ann, chunks = announce(Path(rel["payload"]).read_bytes(), tid, chunk)
+    return {"manifest": json.loads(Path(rel["manifest"]).read_text()), "transfer": ann.to_args()}, chunks
 
 
 def test_chunked_transfer_with_dropped_chunks(tmp_path, broker, peers, start_daemon, signer, model_path):

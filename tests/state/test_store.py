@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -148,3 +149,80 @@ def test_state_json_is_the_contract_shape(store, tmp_path):
     assert set(d) >= {"active", "slots", "trial", "high_water", "generation"}
     assert set(d["slots"]["b"]) >= {"model", "version", "sha256", "size", "installed_at", "status", "reason"}
     assert set(d["trial"]) >= {"slot", "from", "started_at", "attempts"}
+
+
+# -- issue 9, point 8: damaged state ----------------------------------------------------------------
+
+def _failed_install(store, tmp_path):
+    """v2 written to slot b and refused by its health check (what a real failed update leaves)."""
+    slot = install(store, tmp_path)
+    store.mark_bad(slot, "health.nonfinite: NaN in output 0")
+    return slot
+
+
+def test_a_deleted_state_json_is_restored_from_prev_not_rebuilt(store, tmp_path):
+    slot = _failed_install(store, tmp_path)
+    store.file.unlink()
+    plan = boot(store, tmp_path)
+    st = store.state()
+    assert plan.slot == "a" and st.slots["a"].version == 1 and st.slots["a"].status == "good"
+    assert st.slots[slot].status == "bad"  # the failed model is not made good
+    assert st.high_water == {"m": 1}
+    assert any(e["event"] == "state.recovered" for e in plan.events)
+
+
+def test_both_state_files_truncated_keep_high_water_and_never_bless_unverified_slots(store, tmp_path):
+    store.begin_trial(install(store, tmp_path, version=7), probation_s=5, min_inferences=3)
+    store.commit()  # v7 in b is good; high water 7
+    slot = store.inactive_slot()
+    p = store.prepare_target(slot)
+    os.chmod(p, 0o644) if p.exists() else None
+    p.write_bytes(b"a model that failed its health check")
+    store.mark_bad(slot, "health.too_slow")
+    store.file.write_text('{"format": 1, "act')
+    store.prev.write_text("")
+    plan = boot(store, tmp_path)
+    st = store.state()
+    assert plan.slot == "b" and st.slots["b"].status == "good" and st.slots["b"].version == 7
+    assert st.slots["a"].status == "bad"  # its file is not a model known good
+    assert st.high_water["m"] == 7  # never lowered
+    assert store.verify_slot(plan.slot)
+
+
+def test_without_any_record_no_slot_is_blessed_and_model_initial_is_seeded(store, tmp_path):
+    store.file.write_text("x")
+    store.prev.write_text("x")
+    store.anchor.unlink()
+    (tmp_path / "state" / "slots" / "a" / "model.tflite").chmod(0o644)
+    (tmp_path / "state" / "slots" / "a" / "model.tflite").write_bytes(b"who knows")
+    plan = boot(store, tmp_path)
+    assert store.verify_slot(plan.slot)
+    assert sha256_file(store.slot_path(plan.slot)) == sha256_file(tmp_path / "v1.tflite")
+
+
+@pytest.mark.parametrize("damage", [
+    {"slots": ["a", "b"]},
+    {"trial": "yes"},
+    {"trial": {"slot": "b", "from": "../../x", "attempts": 0}},
+    {"slots": {"a": {"status": "good", "sha256": "../../etc"}, "b": None}},
+    {"slots": {"a": {"version": "1", "status": "good"}, "b": None}},
+    {"high_water": {"m": "9"}},
+    {"active": "../x"},
+])
+def test_malformed_fields_do_not_crash_the_start_or_escape_the_state_dir(store, tmp_path, damage):
+    store.begin_trial(install(store, tmp_path), probation_s=5, min_inferences=3)
+    store.commit()
+    d = json.loads(store.file.read_text())
+    d.update(damage)
+    store.file.write_text(json.dumps(d))
+    before = set(Path(tmp_path).rglob("*"))
+    plan = boot(store, tmp_path)
+    assert store.verify_slot(plan.slot)
+    new = {p for p in set(Path(tmp_path).rglob("*")) - before}
+    assert all(str(p).startswith(str(store.dir)) for p in new), new
+    assert store.state().high_water["m"] == 2
+
+
+def test_slot_paths_are_only_a_and_b(store):
+    with pytest.raises(StateError):
+        store.slot_path("../../x")

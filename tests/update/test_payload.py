@@ -20,7 +20,8 @@ from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.fetch import fetch_to_staging
 from edgeagent.update.patch import apply_delta, copy_full
 from edgeagent.update.staging import Staging
-from edgeagent.update.transfer import TransferStore
+from edgeagent.update import transfer as transfer_mod
+from edgeagent.update.transfer import Announce, announce
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = os.urandom(300_000)
@@ -135,32 +136,48 @@ def test_file_url(tmp_path):
 
 
 def test_transfer_chunks_any_order_duplicates_and_resume(tmp_path):
-    chunks = [DATA[i:i + 4096] for i in range(0, len(DATA), 4096)]
-    t = TransferStore(tmp_path).begin("up-1", len(chunks), len(DATA), SHA)
+    ann, chunks = announce(DATA, "up-1", 4096)
+    t = transfer_mod.begin(tmp_path, ann, len(DATA), SHA)
     order = list(range(len(chunks)))[::-1]
     for i in order[:40]:
         assert t.add(i, chunks[i]) is True
     assert t.add(order[0], chunks[order[0]]) is False  # a duplicate
-    t._save()
+    t.close()
     # a restart: a new store on the same directory picks up what is there
-    t2 = TransferStore(tmp_path).begin("up-1", len(chunks), len(DATA), SHA)
-    assert len(t2.missing()) == len(chunks) - 40
-    for i in t2.missing():
+    t2 = transfer_mod.begin(tmp_path, ann, len(DATA), SHA)
+    assert t2.missing_count == len(chunks) - 40 and len(t2.missing(10_000)) == len(chunks) - 40
+    for i in t2.missing(10_000):
         t2.add(i, chunks[i])
-    assert t2.complete and t2.assemble().read_bytes() == DATA
-    with pytest.raises(UpdateRejected):
-        TransferStore(tmp_path).begin("up-2", len(chunks), len(DATA), SHA).add(len(chunks) + 1, b"x")
+    dest = tmp_path / "payload"
+    assert t2.complete and t2.assemble(dest).read_bytes() == DATA
+    assert not (tmp_path / "transfer-up-1").exists()
     with pytest.raises(CommandError):
-        TransferStore(tmp_path).begin("../evil", 2, 10, SHA)
+        Announce.from_args({**ann.to_args(), "id": "../evil"})
 
 
-def test_transfer_wrong_content_is_refused(tmp_path):
-    t = TransferStore(tmp_path).begin("x", 2, 8, hashlib.sha256(b"abcdefgh").hexdigest())
-    t.add(0, b"abcd")
-    t.add(1, b"WXYZ")
-    with pytest.raises(UpdateRejected) as ei:
-        t.assemble()
-    assert ei.value.code == "update.payload_hash"
+def test_a_wrong_chunk_is_dropped_and_asked_for_again_not_fatal(tmp_path):
+    ann, chunks = announce(DATA, "x", 4096)
+    t = transfer_mod.begin(tmp_path, ann, len(DATA), SHA)
+    assert t.add(len(chunks) + 5, b"x") is False  # out of range
+    assert t.add(0, b"\0") is False  # a 1-byte chunk 0 does not fix the chunk size
+    assert t.add(1, b"\0" * 4096) is False  # the right size, the wrong bytes
+    assert t.bad == 3 and t.missing(3) == [0, 1, 2]
+    for i, c in enumerate(chunks):
+        t.add(i, c)
+    assert t.assemble(tmp_path / "p").read_bytes() == DATA
+
+
+def test_the_announcement_is_checked_against_the_signed_size(tmp_path):
+    ann, _ = announce(DATA, "x", 4096)
+    ann.check(len(DATA), 1 << 20)
+    with pytest.raises(CommandError):  # 52 million chunks for a small payload
+        Announce(ann.id, 52_428_800, 4096, ann.chunk_sha256).check(len(DATA), 1 << 20)
+    with pytest.raises(CommandError):
+        Announce.from_args({"id": "x", "chunks": 3, "chunk_size": 4096, "chunk_sha256": ["ab" * 32] * 2})
+    with pytest.raises(CommandError):
+        Announce.from_args({"id": "x", "chunks": 1, "chunk_size": 10, "chunk_sha256": ["ab" * 32]})
+    with pytest.raises(CommandError):  # chunks larger than an MQTT message may be
+        ann.check(len(DATA), 2048)
 
 
 def test_patch_checks_the_base_first_and_the_result_after(tmp_path):
