@@ -119,7 +119,7 @@ def _push(pub: MqttClient, args: argparse.Namespace, envelope: dict, mpath: Path
             continue
         try:
             body = json.loads(msg.payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if msg.topic == reply_topic and isinstance(body, dict) and body.get("id") == rid:
             reply = body

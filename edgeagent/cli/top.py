@@ -196,7 +196,7 @@ def _mqtt_feed(args: argparse.Namespace, view: TopView) -> Iterator[None]:
                     break
                 try:
                     body = json.loads(msg.payload)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
                 if msg.topic.endswith("/telemetry"):
                     view.on_telemetry(body)

@@ -253,7 +253,7 @@ def fetch_to_staging(url: str, *, dest: Path, expected_size: int, expected_sha25
                 part.unlink(missing_ok=True)  # not the manifest's file: nothing worth resuming
             raise
         except TransportError as e:
-            if e.code == "download.timeout" or time.monotonic() + delay > end \
+            if e.code == "download.timeout" or scheme == "file" or time.monotonic() + delay > end \
                     or (retries is not None and attempt > retries):
                 raise
             if cancel.wait(delay):

@@ -220,6 +220,8 @@ class UpdateManager:
         self._cancel = Cancel()
         self._current = {"signed": manifest.get("signed"), "waiters": [ctx] if ctx else []}
         self._done.clear()
+        if src.transfer is not None:
+            self._inbox.activate(src.transfer.id)  # its chunks may come while the manifest is checked
         if deadline is None:
             deadline = time.monotonic() + self.cfg.update.download_deadline_s
         self._spawn(self._run_update, manifest, src, ctx, self._cancel, deadline, name="update")
@@ -265,6 +267,9 @@ class UpdateManager:
             if not resumable:
                 self._forget_pending()  # bad data, a cancel or a deadline: do not retry it at the next start
             self._clean_staging(staging, keep if resumable else set())
+            if resumable and self._stop.is_set():
+                log.info("update to v%s paused by the stop; the next start resumes it and answers the request", version)
+                return
             self.events.emit("update.rejected", version=version, code=e.code, reason=e.message)
             self._answer(err=e)
         except Exception as e:  # noqa: BLE001 - a bug must answer, not hang the caller
