@@ -226,3 +226,28 @@ def test_malformed_fields_do_not_crash_the_start_or_escape_the_state_dir(store, 
 def test_slot_paths_are_only_a_and_b(store):
     with pytest.raises(StateError):
         store.slot_path("../../x")
+
+
+# -- issue 9, point 9: files are created with O_EXCL | O_NOFOLLOW ---------------------------------
+
+def test_planted_symlinks_at_temp_names_are_never_followed(tmp_path):
+    from edgeagent.state.atomic import atomic_write, copy_durable
+    from edgeagent.update.patch import copy_full
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    d = tmp_path / "slots" / "b"
+    d.mkdir(parents=True)
+    # the temp names the writers use (the daemon's pid is predictable)
+    for name in ("state.json", "model.tflite", "copy.bin"):
+        (d / f".{name}.tmp-{os.getpid()}").symlink_to(victim)
+    atomic_write(d / "state.json", b"{}")
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"new model")
+    copy_durable(src, d / "copy.bin")
+    import hashlib
+
+    copy_full(src, d / "model.tflite", target_sha256=hashlib.sha256(b"new model").hexdigest(), target_size=9)
+    assert victim.read_bytes() == b"precious"
+    assert (d / "state.json").read_bytes() == b"{}" and (d / "model.tflite").read_bytes() == b"new model"
+    assert not (d / "state.json").is_symlink() and not (d / "model.tflite").is_symlink()
