@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import secrets
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ class MqttClient:
             except (RuntimeError, ValueError):
                 pass
             if attempt == 1:
-                self._up.wait(0.5) if not self._up.is_set() else threading.Event().wait(0.5)
+                time.sleep(0.5)  # let paho notice the drop before asking whether it is back
                 if self._up.wait(RECONNECT_WAIT_S):
                     continue
         raise TransportError("mqtt.disconnected", f"{self.host}:{self.port}: the broker went away and did not come "
