@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", type=int, required=True)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--full", action="store_true", help="always ship the full model")
+    p.add_argument("--delta", choices=("auto", "inplace", "bsdiff4"), default="auto",
+                   help="how to build the delta: in place (same size, fast), bsdiff4 (finds moved blocks, "
+                        "slow on big models), auto (in place when the layout is unchanged; both for small "
+                        "models, the smaller kept)")
     p.add_argument("--expires-days", type=int, default=365)
     p.add_argument("--probation-s", type=int, help="health override: probation seconds")
     p.add_argument("--min-inferences", type=int, help="health override: inferences before commit")
@@ -81,7 +85,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         r = make_release(keys=args.key, target=Path(args.target), base=Path(args.base) if args.base else None,
                          model=args.model, version=args.version, out_dir=Path(args.out), force_full=args.full,
                          expires_days=args.expires_days, health=health or None, base_version=args.base_version,
-                         progress=progress)
+                         progress=progress, delta_method=args.delta)
     finally:
         if progress:
             bar.stop()
@@ -89,15 +93,14 @@ def cmd_release(args: argparse.Namespace) -> int:
         emit_json(r)
         return 0
     ratio = 100.0 * r["payload_size"] / r["target_size"]
-    print(f"{r['kind']} payload {r['payload']} ({human_size(r['payload_size'])}, {ratio:.1f}% of the "
+    how = f" ({r['delta_method']})" if r["delta_method"] else ""
+    print(f"{r['kind']}{how} payload {r['payload']} ({human_size(r['payload_size'])}, {ratio:.1f}% of the "
           f"{human_size(r['target_size'])} model)")
     print(f"manifest {r['manifest']} signed by {len(r['keyids'])} key(s)")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    import bsdiff4
-
     from edgeagent.update.errors import UpdateRejected
     from edgeagent.update.keys import load_trusted_keys
     from edgeagent.update.manifest import load_untrusted, verify_envelope
@@ -116,21 +119,36 @@ def cmd_verify(args: argparse.Namespace) -> int:
                         model_name=name, highest_version=None)
     checks = ["signatures", "schema", "expiry"]
     if args.payload:
-        data = Path(args.payload).read_bytes()
-        if len(data) != m.payload.size:
-            raise UpdateRejected("update.payload_size", f"{args.payload}: {len(data)} bytes, manifest says {m.payload.size}")
-        if hashlib.sha256(data).hexdigest() != m.payload.sha256:
+        from edgeagent.state.atomic import sha256_file
+        from edgeagent.update.patch import stream_patch
+
+        try:
+            psize, psha = Path(args.payload).stat().st_size, sha256_file(args.payload)
+        except OSError as e:
+            raise EdgeAgentError("cmd.bad_args", f"{args.payload}: {e.strerror}") from None
+        if psize != m.payload.size:
+            raise UpdateRejected("update.payload_size", f"{args.payload}: {psize} bytes, manifest says {m.payload.size}")
+        if psha != m.payload.sha256:
             raise UpdateRejected("update.payload_hash", f"{args.payload}: sha256 differs from the manifest")
         checks.append("payload")
         if args.base and m.kind == "delta":
-            old = Path(args.base).read_bytes()
-            if hashlib.sha256(old).hexdigest() != m.base.sha256:
-                raise UpdateRejected("update.wrong_base", f"{args.base}: not the delta's base")
             try:
-                new = bsdiff4.patch(old, data)
-            except Exception as e:  # noqa: BLE001
-                raise UpdateRejected("update.bad_patch", str(e)) from None
-            if hashlib.sha256(new).hexdigest() != m.target.sha256 or len(new) != m.target.size:
+                bsha = sha256_file(args.base)
+            except OSError as e:
+                raise EdgeAgentError("cmd.bad_args", f"{args.base}: {e.strerror}") from None
+            if bsha != m.base.sha256:
+                raise UpdateRejected("update.wrong_base", f"{args.base}: not the delta's base")
+            h = hashlib.sha256()
+
+            class _Sink:  # the result is hashed, not kept: memory stays flat for any model size
+                def write(self, b: bytes) -> int:
+                    return len(b)
+
+            try:
+                size = stream_patch(Path(args.base), Path(args.payload), _Sink(), h)
+            except (ValueError, OSError, EOFError) as e:
+                raise UpdateRejected("update.bad_patch", f"the bsdiff4 patch does not apply: {e}") from None
+            if h.hexdigest() != m.target.sha256 or size != m.target.size:
                 raise UpdateRejected("update.target_hash", "the patch result differs from the manifest's target")
             checks.append("target")
     result = {"ok": True, "model": m.model, "version": m.version, "kind": m.kind, "expires": m.expires, "checked": checks}

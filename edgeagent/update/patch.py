@@ -7,9 +7,10 @@ and size checked; a wrong result is removed.
 Patches are in the BSDIFF4 format the `bsdiff4` package writes, but they are applied here as a
 stream: bsdiff4.patch() holds the old model, the decompressed diff block (about the size of the
 new model) and the new model in memory at once, 1.6 x (old + new) measured. Here the old model is
-mmap'ed read-only (page cache the kernel can drop), the diff and extra blocks are decompressed
+read in bounded pieces where the control block points (pread: no mmap, whose touched pages count
+in the process's RSS until the kernel reclaims them), the diff and extra blocks are decompressed
 incrementally, and the new model goes to disk in 1 MiB pieces while it is hashed, so the memory
-needed no longer grows with the model (scripts/bench_patch.py). tests/update check it produces
+needed stays flat as models grow (scripts/bench_patch.py). tests/update check it produces
 byte-for-byte what bsdiff4.patch does.
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import bz2
 import hashlib
-import mmap
 import os
 from pathlib import Path
 from typing import Callable
@@ -76,42 +76,39 @@ def stream_patch(old_path: Path, patch_path: Path, fo, h, expect_size: int | Non
             raise ValueError(f"the patch builds {len_new} bytes, the manifest's target is {expect_size}")
         diff = _Bz2Stream(fp, 32 + len_control, len_diff)
         extra = _Bz2Stream(fp, 32 + len_control + len_diff, total - 32 - len_control - len_diff)
-        old_size = os.fstat(fold.fileno()).st_size
-        old_map = mmap.mmap(fold.fileno(), 0, access=mmap.ACCESS_READ) if old_size else None
-        old = np.frombuffer(old_map, np.uint8) if old_map is not None else np.zeros(0, np.uint8)
-        try:
-            newpos = oldpos = 0
-            for i in range(0, len(control), 24):
-                x, y, z = (decode_int64(control[i + k:i + k + 8]) for k in (0, 8, 16))
-                if x < 0 or y < 0 or newpos + x + y > len_new:
-                    raise ValueError("corrupt bsdiff4 control block")
-                while x:  # new = diff + old, byte by byte modulo 256
-                    k = min(x, CHUNK)
-                    seg = np.frombuffer(diff.read(k), np.uint8).copy()
-                    lo, hi = max(oldpos, 0), min(oldpos + k, old_size)
-                    if lo < hi:
-                        seg[lo - oldpos:hi - oldpos] += old[lo:hi]
-                    b = seg.tobytes()
-                    fo.write(b)
-                    h.update(b)
-                    x -= k
-                    oldpos += k
-                    newpos += k
-                while y:  # bytes that are simply new
-                    k = min(y, CHUNK)
-                    b = extra.read(k)
-                    fo.write(b)
-                    h.update(b)
-                    y -= k
-                    newpos += k
-                oldpos += z
-            if newpos != len_new:
-                raise ValueError("the patch does not produce the size it announces")
-            return newpos
-        finally:
-            del old
-            if old_map is not None:
-                old_map.close()
+        old_fd = fold.fileno()
+        old_size = os.fstat(old_fd).st_size
+        newpos = oldpos = 0
+        for i in range(0, len(control), 24):
+            x, y, z = (decode_int64(control[i + k:i + k + 8]) for k in (0, 8, 16))
+            if x < 0 or y < 0 or newpos + x + y > len_new:
+                raise ValueError("corrupt bsdiff4 control block")
+            while x:  # new = diff + old, byte by byte modulo 256
+                k = min(x, CHUNK)
+                seg = np.frombuffer(diff.read(k), np.uint8).copy()
+                lo, hi = max(oldpos, 0), min(oldpos + k, old_size)
+                if lo < hi:
+                    old = os.pread(old_fd, hi - lo, lo)
+                    if len(old) != hi - lo:
+                        raise ValueError("the base model changed while it was patched")
+                    seg[lo - oldpos:hi - oldpos] += np.frombuffer(old, np.uint8)
+                b = seg.tobytes()
+                fo.write(b)
+                h.update(b)
+                x -= k
+                oldpos += k
+                newpos += k
+            while y:  # bytes that are simply new
+                k = min(y, CHUNK)
+                b = extra.read(k)
+                fo.write(b)
+                h.update(b)
+                y -= k
+                newpos += k
+            oldpos += z
+        if newpos != len_new:
+            raise ValueError("the patch does not produce the size it announces")
+        return newpos
 
 
 def _write_verified(out_path: Path, target_sha256: str, target_size: int, write) -> None:

@@ -1,7 +1,8 @@
 """The publisher side: build and sign an update bundle (manifest + payload).
 
-A bsdiff4 delta from the base is used only when it is smaller than the full model; otherwise
-the payload is the full model. The manifest is signed by one or more keys (key rotation: sign
+A BSDIFF4 delta from the base (update/delta.py: in place when the layout is unchanged, bsdiff4's
+search otherwise) is used only when it is smaller than the full model; otherwise the payload is
+the full model. The payload is written to disk as it is built, never held whole in memory. The manifest is signed by one or more keys (key rotation: sign
 with the old and the new key until every device trusts the new one, then retire the old).
 """
 
@@ -13,10 +14,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-import bsdiff4
-
 from edgeagent.errors import EdgeAgentError
-from edgeagent.state.atomic import atomic_write, atomic_write_json
+from edgeagent.state.atomic import atomic_write_json, copy_durable
+from edgeagent.update.delta import build_delta
 from edgeagent.update.keys import load_private_key
 from edgeagent.update.manifest import SPEC_VERSION, TYPE, _NAME, parse_signed, sign_envelope
 
@@ -57,7 +57,8 @@ def golden_health(npz_path: str | os.PathLike, min_pass_pct: int, tol_e6: int | 
 def make_release(*, keys: list[str], target: Path, base: Path | None, model: str, version: int, out_dir: Path,
                  force_full: bool = False, expires_days: int = 365, health: dict | None = None,
                  io: dict | None = None, base_version: int | None = None,
-                 progress: Progress | None = None, created: datetime | None = None) -> dict:
+                 progress: Progress | None = None, created: datetime | None = None,
+                 delta_method: str = "auto") -> dict:
     """Write the payload and the signed manifest into out_dir; return a summary dict.
     `created` defaults to now; expires is now + expires_days."""
     if not _NAME.match(model):
@@ -68,33 +69,37 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
     target, out_dir = Path(target), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tsha, tsize = _sha256(target, progress, "hash")
-    kind, fmt, data = "full", "raw", None
+    kind, fmt, method = "full", "raw", None
     signed_base = None
-    if base is not None and not force_full:
-        bsha, _ = _sha256(Path(base), progress, "hash base")
+    work = out_dir / f".{model}-{version}.payload.tmp-{os.getpid()}"
+    delta_path = None
+    try:
+        if base is not None and not force_full:
+            bsha, _ = _sha256(Path(base), progress, "hash base")
+            try:
+                d = build_delta(Path(base), target, work, method=delta_method, progress=progress)
+            except ValueError as e:
+                raise EdgeAgentError("release.bad_args", str(e)) from None
+            delta_path = d.path
+            if d.size < tsize:
+                kind, fmt, method = "delta", "bsdiff4", d.method
+                signed_base = {"version": base_version if base_version is not None else version - 1, "sha256": bsha}
+                if signed_base["version"] < 1:
+                    raise EdgeAgentError("release.bad_args", "--base-version must be >= 1")
+        name = f"{model}-{version}.{'bsdiff4' if kind == 'delta' else 'tflite'}"
+        payload_path = out_dir / name
         if progress:
-            progress("diff", 0.0)
-        delta = bsdiff4.diff(Path(base).read_bytes(), target.read_bytes())
-        if progress:
-            progress("diff", 100.0)
-        if len(delta) < tsize:
-            kind, fmt, data = "delta", "bsdiff4", delta
-            signed_base = {"version": base_version if base_version is not None else version - 1, "sha256": bsha}
-            if signed_base["version"] < 1:
-                raise EdgeAgentError("release.bad_args", "--base-version must be >= 1")
-    name = f"{model}-{version}.{'bsdiff4' if kind == 'delta' else 'tflite'}"
-    payload_path = out_dir / name
-    if data is None:
-        data = target.read_bytes()
-    if progress:
-        progress("write", 0.0)
-    atomic_write(payload_path, data)
+            progress("write", 0.0)
+        psha, psize = copy_durable(delta_path if kind == "delta" else target, payload_path, mode=0o644)
+    finally:
+        if delta_path is not None and delta_path.exists():
+            delta_path.unlink()
     now = datetime.now(timezone.utc).replace(microsecond=0)
     signed = {
         "_type": TYPE, "spec_version": SPEC_VERSION, "model": model, "version": version,
         "created": _ts(created or now), "expires": _ts(now + timedelta(days=expires_days)), "kind": kind,
         "target": {"sha256": tsha, "size": tsize},
-        "payload": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "format": fmt, "name": name},
+        "payload": {"sha256": psha, "size": psize, "format": fmt, "name": name},
     }
     if signed_base:
         signed["base"] = signed_base
@@ -110,6 +115,6 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
     atomic_write_json(manifest_path, sign_envelope(signed, signers))
     if progress:
         progress("write", 100.0)
-    return {"manifest": str(manifest_path), "payload": str(payload_path), "kind": kind,
-            "payload_size": len(data), "target_size": tsize, "target_sha256": tsha, "version": version,
+    return {"manifest": str(manifest_path), "payload": str(payload_path), "kind": kind, "delta_method": method,
+            "payload_size": psize, "target_size": tsize, "target_sha256": tsha, "version": version,
             "keyids": [s["keyid"] for s in __import__("json").loads(manifest_path.read_text())["signatures"]]}
