@@ -104,7 +104,7 @@ class ModelConfig:
     initial: str = ""
     initial_version: int = _check(_min(1), default=1)
     backend: str = _check(_one_of("auto", "litert", "tflite"), default="auto")
-    num_threads: int = _check(_range(0, 64), default=0)  # 0 = the runtime's choice
+    num_threads: int = _check(_range(0, 64), default=0)  # 0 = one per core
     delegate: str = ""  # path of an external delegate library, e.g. libedgetpu.so.1
     input_mean: float = 0.0  # float inputs get (x - mean) / std, like TFLite's examples
     input_std: float = _check(lambda v: None if v != 0 else "must not be 0", default=255.0)

@@ -19,9 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency of the raw interpreter and of the agent pipeline")
     p.add_argument("model", help=".tflite file")
     p.add_argument("--seconds", type=float, default=10.0, help="total measuring time (default 10)")
-    p.add_argument("--threads", type=int, default=0, help="interpreter threads (0 = runtime default)")
+    p.add_argument("--threads", type=int, default=0, help="interpreter threads (0 = one per core)")
     p.add_argument("--backend", choices=("auto", "litert", "tflite"), default="auto")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    p.add_argument("--rounds", type=int, default=5, help="raw/agent round pairs (default 5)")
     add_json(p)
     p.set_defaults(func=cmd_bench)
 
@@ -89,11 +89,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(r)
         return 0
-    print(f"model {r['model']} ({r['backend']} backend, {args.seconds:.0f} s)")
+    print(f"model {r['model']} ({r['backend']} backend, {r['threads']} threads, {r['rounds']} paired rounds "
+          f"in {r['seconds']:.0f} s, at least {min(r['frames_per_round'].values())} frames each)")
     print(f"{'':8}{'fps':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")
     for side in ("raw", "agent"):
         s = r[side]
         lat = s["latency_ms"]
         print(f"{side:8}{s['fps']:>10.1f}{lat['p50']:>10.3f}{lat['p95']:>10.3f}{lat['p99']:>10.3f}")
-    print(f"overhead {r['overhead'] * 100:.2f}% of raw throughput")
+    o, us = r["overhead"], r["per_frame_us"]
+    print(f"overhead {o['median'] * 100:.2f}% of raw throughput (paired rounds: min {o['min'] * 100:.2f}%, "
+          f"max {o['max'] * 100:.2f}%); {us['median']:.1f} us per frame (min {us['min']:.1f}, max {us['max']:.1f})")
     return 0

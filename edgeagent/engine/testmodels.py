@@ -266,6 +266,7 @@ def build_model(
     filters: int = 8,
     hang: bool = False,
     hang_after: int = 0,
+    spin: int = 0,
 ) -> bytes:
     """The bytes of a .tflite model; see write_model."""
     shape = tuple(int(d) for d in input_shape)
@@ -310,10 +311,10 @@ def build_model(
         feat2 = g.tensor("gather/feat", [1, n])
         g.op(S.BuiltinOperator.ADD, [feat, gathered], [feat2], S.BuiltinOptions.AddOptions, S.AddOptionsT())
         feat = feat2
-    if hang or hang_after:
+    if hang or hang_after or spin:
         if nan_after:
-            raise ValueError("hang and nan_after cannot be combined")
-        _busy_loop(mb, g, 2_000_000_000, after=hang_after)
+            raise ValueError("hang/spin and nan_after cannot be combined")
+        _busy_loop(mb, g, spin or 2_000_000_000, after=hang_after)
     y = _fc(g, feat, n, outputs, rng, "head", bias_shift=version_tag * 1e-3, nan=nan)
     if nan_after:
         y = _counter_guard(mb, g, y, outputs, nan_after)
@@ -339,7 +340,9 @@ def write_model(path: str | Path, **kw) -> Path:
     huge: needs a 4 GiB arena at allocate_tensors; version_tag: shifts the head's bias by
     tag/1000, so versions differ in a few bytes; nan_after=K: finite for K invokes, NaN after;
     filters: conv output channels; hang: a WHILE loop of 2e9 steps inside invoke (a hung model);
-    hang_after=K: works for K invokes, then hangs inside every invoke (a model that hangs in service).
+    hang_after=K: works for K invokes, then hangs inside every invoke (a model that hangs in service);
+    spin=N: a WHILE loop of N steps in every invoke (a slow model of a chosen speed and a tiny file,
+    ~10 M steps per second).
     """
     p = Path(path)
     p.write_bytes(build_model(**kw))
@@ -393,11 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nan", action="store_true")
     ap.add_argument("--nan-after", type=int, default=0)
     ap.add_argument("--slow", type=int, default=0)
+    ap.add_argument("--spin", type=int, default=0)
     ap.add_argument("--hang-after", type=int, default=0)
     a = ap.parse_args(argv)
     p = write_model(a.out, kind=a.kind, input_shape=tuple(int(x) for x in a.input_shape.split(",")),
                     input_dtype=a.input_dtype, outputs=a.outputs, seed=a.seed, version_tag=a.version_tag,
-                    nan=a.nan, nan_after=a.nan_after, slow=a.slow, hang_after=a.hang_after)
+                    nan=a.nan, nan_after=a.nan_after, slow=a.slow, hang_after=a.hang_after, spin=a.spin)
     print(p)
     return 0
 

@@ -143,6 +143,7 @@ class InferenceLoop:
         self._finite_every = max(1, check_finite_every)
         self._ends = np.zeros(4096, dtype=np.float64)  # frame end times, for the swap-gap benchmark
         self.first_frame = threading.Event()
+        self.on_first_frame: Callable[[], None] | None = None  # called once, from the loop thread
         self.shadow: Shadow | None = None  # set for the length of a trial
         self.in_model_since = 0.0  # monotonic start of the model call in progress, 0 outside one
 
@@ -298,14 +299,16 @@ class InferenceLoop:
             t4 = _perf()
             if shadow is not None:
                 t4 -= shadow_dt
-            stats.record((t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3)
+            now = time.monotonic()
+            self._ends[stats.count % self._ends.size] = now  # stamped before it is counted: readers
+            stats.record((t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3)  # of count see its end
             counters.frames += 1
             counters.invoke_ms.append((t3 - t2) * 1e3)
-            now = time.monotonic()
-            self._ends[(stats.count - 1) % self._ends.size] = now
             self.heartbeat = now
             if not self.first_frame.is_set():
                 self.first_frame.set()
+                if self.on_first_frame is not None:
+                    self.on_first_frame()
             if now - self._kept_at >= self._keep_every:
                 self._kept_at = now
                 self._frames.append(np.array(frame, copy=True))

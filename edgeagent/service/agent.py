@@ -43,6 +43,7 @@ log = logging.getLogger("edgeagent")
 # Not 0 (Restart=on-failure restarts it) and not 2 (configuration errors, which a restart cannot fix).
 EXIT_RESTART = 3
 _RESTART = -1  # queued like a signal
+_FIRST_FRAME = -2  # queued by the inference thread once: READY=1 goes out at the first frame
 CLOCK_FLOOR_EVERY_S = 3600.0
 
 
@@ -169,6 +170,7 @@ class Agent:
         self.dispatcher.start()
         if cfg.mqtt.host:
             self._start_transport()
+        self.loop.on_first_frame = lambda: self._signals.put(_FIRST_FRAME)
         self.loop.start()
         self._serving_since = time.monotonic()
         self._boot_confirmed = False
@@ -284,8 +286,13 @@ class Agent:
         next_line = time.monotonic() + self.config.telemetry.interval_s
         ready = False
         while True:
+            # wake for the next telemetry sample (intervals down to 0.1 s are honoured), at
+            # least every 0.5 s for supervision, and at once for a signal or the first frame
+            now = time.monotonic()
+            next_tel = min(next_tel, now + self.config.telemetry.interval_s)  # config.set shortened it
+            wait = 0.5 if not ready else max(0.0, min(0.5, next_tel - now))
             try:
-                sig = self._signals.get(timeout=min(0.5, wd / 4) if wd else (0.5 if ready else 0.05))
+                sig = self._signals.get(timeout=min(wait, wd / 4) if wd else wait)
             except queue.Empty:
                 sig = None
             if sig in (signal.SIGTERM, signal.SIGINT):
@@ -310,7 +317,8 @@ class Agent:
             if self.transport is not None:
                 self.transport.ensure_running()
             if now >= next_tel:
-                next_tel = now + self.config.telemetry.interval_s
+                interval = self.config.telemetry.interval_s
+                next_tel = max(next_tel + interval, now + interval / 2)  # no drift, no burst
                 self.publish_telemetry()
                 self.notifier.status(self._status_line())
                 if self.last_telemetry and (self._interactive or now >= next_line):

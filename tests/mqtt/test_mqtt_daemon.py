@@ -313,3 +313,15 @@ def test_push_cli_end_to_end(tmp_path, broker, peers, start_daemon, signer, mode
     assert r.returncode == 0, r.stdout + r.stderr
     assert "update.committed" in r.stdout + r.stderr
     assert d.call("status")["model"]["version"] == 2
+
+
+def test_a_telemetry_interval_of_a_tenth_of_a_second_is_honoured(tmp_path, broker, peers, start_daemon):
+    """Intervals below the main loop's old fixed 0.5 s tick were silently stretched to it."""
+    start_daemon(**mqtt_cfg(broker.port),
+                 telemetry={"interval_s": 0.1, "power_profile": "none", "sysfs_root": str(tmp_path / "nosys")})
+    peer = peers(broker.port)
+    peer.wait(lambda t, b: t == f"{P}/telemetry" and
+              sum(1 for m in peer.msgs if m[0] == f"{P}/telemetry") >= 15, 15)
+    ts = [b["ts"] for t, b, _ in peer.msgs if t == f"{P}/telemetry"]
+    gaps = sorted(b - a for a, b in zip(ts, ts[1:]))
+    assert 0.05 <= gaps[len(gaps) // 2] <= 0.2, gaps
