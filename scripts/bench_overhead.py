@@ -68,7 +68,7 @@ def default_models(tmp: Path) -> list[str]:
 
     fast = str(SHARED) if SHARED.exists() else str(testmodels.write_model(
         tmp / "conv.tflite", kind="conv", input_shape=(1, 128, 128, 3), filters=32))
-    slow = str(testmodels.write_model(tmp / "slow.tflite", spin=400_000))
+    slow = str(testmodels.write_model(tmp / "slow.tflite", spin=500_000))
     return [fast, slow]
 
 

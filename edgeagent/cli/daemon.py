@@ -63,7 +63,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def render_status(st: dict) -> str:
-    from edgeagent.service.agent import figures_line
+    from edgeagent.telemetry.figures import figures_line
 
     m = st.get("model") or {}
     lines = [f"daemon:  {st['daemon']}" + ("" if st["daemon"] == "running" else " (showing the state directory)")]

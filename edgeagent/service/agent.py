@@ -36,6 +36,7 @@ from edgeagent.service.sdnotify import Notifier
 from edgeagent.state.store import SlotStore
 from edgeagent.state.timefloor import TimeFloor
 from edgeagent.telemetry.collector import TelemetryCollector
+from edgeagent.telemetry.figures import figures_line
 
 log = logging.getLogger("edgeagent")
 
@@ -45,32 +46,6 @@ EXIT_RESTART = 3
 _RESTART = -1  # queued like a signal
 _FIRST_FRAME = -2  # queued by the inference thread once: READY=1 goes out at the first frame
 CLOCK_FLOOR_EVERY_S = 3600.0
-
-
-def _fmt(v: Any, unit: str = "", nd: int = 1) -> str:
-    return "-" if v is None else f"{v:.{nd}f}{unit}"
-
-
-def figures_line(t: dict) -> str:
-    """One readable line of live figures (`make run`, and the journal once a minute)."""
-    m = t.get("model") or {}
-    inf = t.get("inference") or {}
-    lat = inf.get("latency_ms") or {}
-    sysm = t.get("system") or {}
-    power = t.get("power") or {}
-    temps = [v for v in (t.get("thermal") or {}).values() if isinstance(v, (int, float))]
-    parts = [
-        f"model {m.get('name')} v{m.get('version')} slot {m.get('slot')}{' (trial)' if m.get('trial') else ''}",
-        f"{_fmt(inf.get('fps'))} fps",
-        f"p50 {_fmt(lat.get('p50'), ' ms', 2)} p99 {_fmt(lat.get('p99'), ' ms', 2)}",
-        f"errors {inf.get('errors', 0)}",
-        f"cpu {_fmt(sysm.get('agent_cpu_percent'), '%', 0)}",
-    ]
-    if temps:
-        parts.append(f"{max(temps):.1f}°C")
-    if power.get("total_w") is not None:
-        parts.append(f"{power['total_w']:.2f} W ({power.get('source')})")
-    return " | ".join(parts)
 
 
 class Agent:

@@ -1,7 +1,9 @@
 """Builds one P/telemetry payload (CONTRACT section 6) from the loop's window and the hardware.
 
-A figure the device cannot read is absent or null, never invented; the CPU-based power estimate
-says "source": "estimate". Hardware files are discovered once (and again every minute, for
+A figure the device cannot read is absent or null, never invented. Without a power sensor the
+estimate is the agent's own share (`agent_w`, from its CPU time and a board profile) with
+"source": "estimate" and `total_w` null, and energy per inference stays null: it is reported only
+from measured power. Hardware files are discovered once (and again every minute, for
 hot-plugged sensors), then re-read in place.
 """
 
@@ -67,6 +69,7 @@ class TelemetryCollector:
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)
         psutil.cpu_percent(None)
+        self._cores = psutil.cpu_count() or 1
         self._last_count: int | None = None
         self._last_t = time.monotonic()
         self._last_energy: float | None = None
@@ -105,7 +108,7 @@ class TelemetryCollector:
                 return None
         return None
 
-    def _power(self, cpu_percent: float | None) -> tuple[dict | None, float | None]:
+    def _power(self, agent_cpu_percent: float | None) -> tuple[dict | None, float | None]:
         """(power dict, energy counter in J if the hardware has one)."""
         if self.ina.rails:
             rails = self.ina.read()
@@ -127,9 +130,11 @@ class TelemetryCollector:
             rails = self.battery.read()
             if rails:
                 return {"total_w": _r(sum(rails.values())), "rails": _rr(rails), "source": "battery"}, None
-        if self.profile and cpu_percent is not None:
-            w = pw.estimate_w(self.profile, cpu_percent)
-            return {"total_w": _r(w), "rails": {}, "source": "estimate", "profile": self.profile}, None
+        if self.profile and agent_cpu_percent is not None:
+            # no sensor: the agent's share, never passed off as the board's draw (total_w null)
+            w = pw.estimate_w(self.profile, agent_cpu_percent, self._cores)
+            return {"total_w": None, "agent_w": _r(w), "rails": {}, "source": "estimate",
+                    "profile": self.profile}, None
         return None, None
 
     def collect(self, *, model: dict, inference: dict, extra: dict | None = None) -> dict:
@@ -145,11 +150,12 @@ class TelemetryCollector:
             load1 = os.getloadavg()[0]
         except OSError:
             load1 = None
-        power, energy = self._power(cpu)
+        power, energy = self._power(agent_cpu)
         count = inference.get("count")
         window_s = now - self._last_t
         epi = None
-        if power is not None and isinstance(count, int) and self._last_count is not None and count > self._last_count:
+        measured = power is not None and power.get("source") != "estimate"  # an estimate makes no energy figure
+        if measured and isinstance(count, int) and self._last_count is not None and count > self._last_count:
             if energy is not None and self._last_energy is not None and energy >= self._last_energy:
                 joules = energy - self._last_energy
             else:

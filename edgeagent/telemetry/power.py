@@ -3,7 +3,7 @@
 Preference (the first that finds something wins): ina3221 (Jetson; both the JetPack <= 4
 iio layout and the JetPack 5/6 hwmon layout) > hwmon power/energy > rpi-pmic (Pi 5, through
 `vcgencmd pmic_read_adc`) > rapl (Intel/AMD, from energy counters) > battery (power_supply) >
-estimate (CPU utilisation x a board profile). Files are found once and kept open; sysfs
+estimate (the agent's own CPU share x a board profile's dynamic power). Files are found once and kept open; sysfs
 attributes can be re-read after a seek(0), so no interval opens a file or spawns a process,
 except vcgencmd on a Pi 5 where nothing else exists.
 """
@@ -261,6 +261,10 @@ def detect_profile(root: str) -> str:
     return "generic"
 
 
-def estimate_w(profile: str, cpu_percent: float) -> float:
+def estimate_w(profile: str, agent_cpu_percent: float, cores: int) -> float:
+    """The agent's own share of the board's dynamic power: (peak - idle) x the fraction of all
+    cores the agent kept busy. Not the board's draw: the whole system's load (a neighbour, the
+    desktop) is not the agent's cost, and idle power is paid with or without it."""
     idle, peak = PROFILES[profile]
-    return idle + (peak - idle) * max(0.0, min(cpu_percent, 100.0)) / 100.0
+    share = max(0.0, min(agent_cpu_percent / (100.0 * max(cores, 1)), 1.0))
+    return (peak - idle) * share
