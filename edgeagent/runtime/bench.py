@@ -4,11 +4,11 @@ The raw side is the loop one writes with the bare interpreter: set_tensor(frame)
 get_tensor() of each output, on the same synthetic frames. The agent side is the real
 InferenceLoop (source, preprocess, invoke, output copy, finite check, stats) at rate 0.
 
-Both sides are timed the same way, from the end times of their own frames: a round's period is
-(last end - first end) / frames between them, so neither side is charged for starting or
-stopping, and a slow model is not cut short by a fixed window (counting frames finished inside
-a sleep reads floor(T/P)/T and charged a 366 ms model 26% it did not cost). Every round holds at
-least MIN_FRAMES frame periods whatever the model's speed. Rounds alternate raw, agent, raw,
+Both sides are timed the same way, from the end times of their own frames after a short
+settling time: a round's period is (last end - first end) / frames between them, so neither side
+is charged for starting or stopping, and a slow model is not cut short by a fixed window
+(counting frames finished inside a sleep reads floor(T/P)/T and charged a 366 ms model 26% it did
+not cost). Every round holds at least MIN_FRAMES frame periods whatever the model's speed. Rounds alternate raw, agent, raw,
 agent, and each raw round is paired with the agent round after it: drift in clock speed or
 background load hits a pair alike, and the overhead is the median of the paired ratios, with
 their min and max, and as a per-frame cost in microseconds. Each side's fps is its frames over
@@ -57,6 +57,13 @@ def _pcts(ms: list[float]) -> dict:
     return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
 
 
+def _settle(seconds: float) -> float:
+    """Time each round runs before it is timed, on both sides: the first frames after the other
+    side's round (a thread started or stopped, the interpreter's worker threads woken) ran a few %
+    slower on this machine and would charge the switch to whichever side comes second."""
+    return min(0.2 * seconds, 0.25)
+
+
 def _fps(rounds) -> float:
     """Frames over time across the rounds: what one long loop would read."""
     rounds = list(rounds)
@@ -74,6 +81,7 @@ def _raw_round(model: Model, frames: list, seconds: float, min_frames: int) -> R
     nf = len(frames)
     lat = []
     first = None
+    settle = clock() + _settle(seconds)
     n = 0
     while True:
         a = clock()
@@ -84,7 +92,8 @@ def _raw_round(model: Model, frames: list, seconds: float, min_frames: int) -> R
         b = clock()
         n += 1
         if first is None:
-            first = b  # periods are counted from the first frame's end, as on the agent side
+            if b >= settle:
+                first, n = b, 1  # periods are counted from a frame's end, as on the agent side
             continue
         lat.append((b - a) * 1e3)
         if n - 1 >= min_frames and b - first >= seconds:
@@ -103,6 +112,7 @@ def _agent_round(model: Model, seconds: float, min_frames: int, period_hint: flo
         if not loop.first_frame.wait(patience):
             what = loop.counters.last_error or f"no frame in {patience:.0f} s"
             raise BenchError("bench.no_frames", f"the agent loop served no frame: {what}")
+        time.sleep(_settle(seconds))
         c0 = loop.stats.count
         t0 = loop.frame_ends(1)[-1]  # the end of frame c0 (stamped before it is counted)
         deadline = _clock() + patience + seconds + (min_frames + 1) * period_hint * 3
@@ -194,4 +204,6 @@ def _run(model: Model, path: str, seconds: float, rounds: int, min_frames: int,
         "per_frame_us": {"median": round(statistics.median(cost_us), 2), "min": round(min(cost_us), 2),
                          "max": round(max(cost_us), 2)},
         "invoke_only_fps": round(invoke_only, 2),
+        "pairs": [{"raw_fps": round(r.fps, 3), "agent_fps": round(a.fps, 3), "raw_frames": r.frames,
+                   "agent_frames": a.frames} for r, a in pairs],
     }

@@ -6,8 +6,10 @@ loads the candidate AND the current model and runs them back to back on each of 
 recent frames, alternating which goes first: a busy neighbour then slows both halves of a pair,
 and the median of the paired ratios is what is judged. The parent only reads one JSON line back.
 
-The child is a guest on a device that is serving: it runs at a lower CPU priority (nice), imports
-nothing but numpy and the interpreter, and dies with the daemon (PR_SET_PDEATHSIG).
+The child is a guest on a device that is serving: it takes a lower CPU priority (nice 10,
+SCHED_BATCH) before it imports anything, imports nothing but numpy and the interpreter, and dies
+with the daemon (PR_SET_PDEATHSIG). (SCHED_IDLE or nice 19 would starve the check on a device at
+full load until it times out: a false refusal; nice 10 keeps it a small, fair share.)
 
 Checks: the candidate loads; its input/output signature matches what the pipeline feeds and
 reads (unless the manifest's `io` announces exactly the new signature and the real frames can be
@@ -40,6 +42,16 @@ from edgeagent.update.cancel import NEVER, Cancel  # light: threading and the er
 DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of data segment for the child
 CHILD_NICE = 10  # the serving loop keeps the CPU it needs while a candidate is checked
 PR_SET_PDEATHSIG = 1
+# The child lowers its priority before it imports anything: the imports (numpy, the interpreter)
+# are most of its CPU time, and ran at the daemon's priority when nice came after them.
+_BOOT = ("import os\n"
+         "try:\n"
+         f"    os.nice({CHILD_NICE})\n"
+         "    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # CPU-bound, never preempts\n"
+         "except (OSError, AttributeError):\n"
+         "    pass\n"
+         "import runpy\n"
+         "runpy.run_module('edgeagent.update.health', run_name='__main__', alter_sys=True)\n")
 # A latency regression must also exceed this many ms: for µs-scale models, scheduling noise
 # alone makes ratios of 2x and more.
 LATENCY_NOISE_MS = 0.2
@@ -277,7 +289,7 @@ def check(req: HealthRequest, frames: list[np.ndarray], *, timeout_s: float, wor
     req = HealthRequest(**{**asdict(req), "frames_file": frames_file})
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeagent.update.health", str(os.getpid())],
+            [sys.executable, "-c", _BOOT, str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             # same session: with autogroup scheduling a new session would be a new group, and
             # the child's nice would no longer yield to the serving loop
@@ -327,19 +339,9 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _be_a_guest() -> None:
-    """Lower priority than the serving loop. (SCHED_IDLE would starve the check on a device at
-    full load until it times out; nice keeps it a small, fair share.)"""
-    try:
-        os.nice(CHILD_NICE)
-    except OSError:
-        pass
-
-
 def _child() -> int:
     if len(sys.argv) > 1:
         _die_with_parent(int(sys.argv[1]))
-    _be_a_guest()
     req = HealthRequest(**json.loads(sys.stdin.read()))
     if req.memory_limit:
         # RLIMIT_DATA caps heap and private mappings (Linux >= 4.7): a model that asks for a
