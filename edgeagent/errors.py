@@ -14,10 +14,13 @@ class EdgeAgentError(Exception):
     """Base of all errors the agent reports to users."""
 
     code: str = "agent.error"
+    exit_code: int = 1  # the CLI's: 1 refused or failed, 2 the configuration is at fault
 
-    def __init__(self, code: str | None = None, message: str = "") -> None:
+    def __init__(self, code: str | None = None, message: str = "", *, exit_code: int | None = None) -> None:
         if code:
             self.code = code
+        if exit_code is not None:
+            self.exit_code = exit_code
         self.message = message
         super().__init__(f"{self.code}: {message}" if message else self.code)
 
@@ -29,6 +32,7 @@ class ConfigError(EdgeAgentError):
     """The configuration file or a config.set value is invalid (user's fault, exit code 2)."""
 
     code = "config.invalid"
+    exit_code = 2
 
 
 class ModelError(EdgeAgentError):

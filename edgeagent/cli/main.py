@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 from edgeagent import __version__
-from edgeagent.errors import ConfigError, EdgeAgentError
+from edgeagent.errors import EdgeAgentError
 
 # Modules under edgeagent.cli that provide register(subparsers).
 COMMAND_MODULES = ("daemon", "slots", "publisher", "top", "push")
@@ -37,12 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"edgeagent: {e}", file=sys.stderr)
-        return 2
     except EdgeAgentError as e:
         print(f"edgeagent: {e}", file=sys.stderr)
-        return 1
+        if getattr(args, "json", False):  # a script reading stdout gets the error there too
+            json.dump({"ok": False, "error": e.to_dict()}, sys.stdout)
+            sys.stdout.write("\n")
+        return e.exit_code
     except KeyboardInterrupt:
         print("edgeagent: interrupted", file=sys.stderr)
         return 130

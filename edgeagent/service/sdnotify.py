@@ -63,6 +63,12 @@ class Notifier:
     def status(self, status: str) -> bool:
         return self.notify(STATUS=status)
 
+    def extend_timeout(self, seconds: float, status: str) -> bool:
+        """Ask systemd for `seconds` more of start-up (or stop) time from now, before long work
+        (seeding a large model, resuming a patch): TimeoutStartSec stays short for the common
+        case and a slow SD card does not get the service killed half-way."""
+        return self.notify(EXTEND_TIMEOUT_USEC=int(seconds * 1e6), STATUS=status)
+
     def watchdog(self) -> bool:
         return self.notify(WATCHDOG=1)
 

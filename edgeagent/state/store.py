@@ -260,9 +260,10 @@ class SlotStore:
     # -- boot -------------------------------------------------------------------------------
     def _seed(self, slot: str, initial: str, model_name: str, version: int) -> SlotInfo:
         if not initial:
-            raise StateError("state.no_model", f"{self.dir}: no model installed; set model.initial to seed slot a")
+            raise StateError("state.no_model", f"{self.dir}: no model installed; set model.initial to seed slot a",
+                             exit_code=2)  # the configuration is at fault: systemd must not retry
         if not os.path.isfile(initial):
-            raise StateError("state.no_model", f"model.initial {initial}: no such file")
+            raise StateError("state.no_model", f"model.initial {initial}: no such file", exit_code=2)
         self.slot_path(slot).parent.mkdir(parents=True, exist_ok=True)
         sha, size = copy_durable(initial, self.slot_path(slot), mode=SLOT_FILE_MODE)
         return SlotInfo(model_name, version, sha, size, now_rfc3339(), "good")

@@ -29,6 +29,9 @@ def test_ready_status_and_clean_stop(start_daemon):
     d = start_daemon()
     ready = d.wait_for("READY=1")
     assert "STATUS=serving testmodel v1 slot a" in ready
+    # more start-up time was asked for before the slots were checked (seeding can be long)
+    first = d.messages[0]
+    assert first.startswith("EXTEND_TIMEOUT_USEC=") and int(first.split("\n")[0].split("=")[1]) >= 60_000_000
     st = json.loads(cli(d, "status", "--json").stdout)
     assert st["daemon"] == "running"
     assert st["model"]["name"] == "testmodel" and st["model"]["version"] == 1 and st["model"]["slot"] == "a"
@@ -85,6 +88,17 @@ def test_config_error_exit_2_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgeagent", "-c", str(bad), "run"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert "input.source" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_missing_initial_model_is_a_configuration_error(tmp_path):
+    """Exit 2, which the unit's RestartPreventExitStatus=2 keeps systemd from retrying forever."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[model]\ninitial = "{tmp_path}/nope.tflite"\nstate_dir = "{tmp_path}/state"\n'
+                   f'[control]\nsocket = "{tmp_path}/ctl.sock"\n')
+    r = subprocess.run([sys.executable, "-m", "edgeagent", "-c", str(cfg), "run"], capture_output=True, text=True,
+                       cwd=REPO, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f"edgeagent: state.no_model: model.initial {tmp_path}/nope.tflite: no such file"
 
 
 def test_missing_camera_is_retried_and_the_daemon_keeps_running(start_daemon, tmp_path):

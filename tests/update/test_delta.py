@@ -125,3 +125,26 @@ def test_release_says_how_the_delta_was_built_and_refuses_an_impossible_method(t
     assert r.returncode == 1 and r.stderr.strip() == \
         "edgeagent: release.bad_args: --delta inplace needs a base and a target of the same size"
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_json_errors_go_to_stdout_too(tmp_path):
+    """A script that reads `--json` output gets {"ok": false, "error": ...} on stdout, not nothing."""
+    assert cli("keygen", "--out", str(tmp_path / "k")).returncode == 0
+    assert cli("keygen", "--out", str(tmp_path / "other")).returncode == 0
+    (tmp_path / "v1").write_bytes(b"x" * 1000)
+    r = cli("release", "--key", str(tmp_path / "k/edgeagent.key"), "--target", str(tmp_path / "v1"), "--model", "m",
+            "--version", "1", "--out", str(tmp_path / "out"), "--json")
+    manifest = json.loads(r.stdout)["manifest"]
+    bad = cli("verify", manifest, "--pubkey", str(tmp_path / "other/edgeagent.pub"), "--json")
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout) == {"ok": False, "error": {"code": "update.unknown_key",
+                                                             "message": "no signature is from a trusted key"}}
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[model]\nstate_dir = "{tmp_path}/state"\n[control]\nsocket = "{tmp_path}/ctl.sock"\n')
+    for args in (("commit", "--json"), ("rollback", "--json"), ("slots", "--json")):
+        r = cli("-c", str(cfg), *args)
+        if r.returncode:
+            out = json.loads(r.stdout)
+            assert out["ok"] is False and out["error"]["code"] and r.stderr.startswith("edgeagent: "), (args, r)
+        else:
+            assert json.loads(r.stdout), args
