@@ -123,6 +123,7 @@ class ImagesInput:
 
 @dataclass(frozen=True)
 class CameraInput:
+    backend: str = _check(_one_of("auto", "opencv", "picamera2"), default="auto")
     device: str = "0"  # index, /dev/videoN, a video file or an rtsp:// URL
     width: int = _check(_min(0), default=0)
     height: int = _check(_min(0), default=0)

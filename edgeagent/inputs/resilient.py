@@ -33,6 +33,11 @@ class ResilientSource:
         self.failures = 0
 
     @property
+    def dropped(self) -> int | None:
+        """Samples the inner source skipped to stay current (live sensor streams), else None."""
+        return getattr(self.inner, "dropped", None)
+
+    @property
     def healthy(self) -> bool:
         return self._down is None
 

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import select
+import stat
 import time
 from pathlib import Path
 
@@ -107,18 +108,47 @@ class IioSource:
         self._raw = []
 
 
+def model_channels(spec: TensorSpec) -> int | None:
+    """The channel axis of a (1, T, C) input; None for a flat (1, N) one (any divisor fits)."""
+    return int(spec.shape[-1]) if len(spec.shape) >= 3 else None
+
+
+def check_columns(what: str, columns: int, spec: TensorSpec) -> None:
+    want = model_channels(spec)
+    n = int(np.prod(spec.shape[1:])) if len(spec.shape) > 1 else int(spec.shape[0])
+    if (want is not None and columns != want) or (want is None and n % columns):
+        takes = f"{want} channels" if want is not None else f"{n} values (a multiple of the columns)"
+        raise SourceError("input.shape_mismatch", f"{what}: {columns} columns per sample, the model's input "
+                                                  f"{tuple(spec.shape)} takes {takes}")
+
+
 class StreamSource:
+    """CSV lines from a FIFO, a serial device or a file, one sample per line.
+
+    The number of columns is the first good line's, checked against the model's channel axis
+    (input.shape_mismatch); later lines with another count are bad lines. From a live stream
+    (FIFO, tty, socket) each read() drains what is waiting and the window holds the newest
+    samples: a producer faster than rate_hz never builds a lag, and what was skipped is counted
+    in `dropped`. A regular file is a recording: it is replayed a line per read() and starts
+    over at its end.
+    """
+
     name = "sensor"
 
-    def __init__(self, path: str, channels: int, window: int, delimiter: str = ",", timeout_s: float = 2.0) -> None:
+    def __init__(self, path: str, spec: TensorSpec, window: int = 0, delimiter: str = ",",
+                 timeout_s: float = 2.0) -> None:
         self.path = path
+        self.spec = spec
         self.delimiter = delimiter
         self.timeout_s = timeout_s
-        self._nch = channels
-        self._win = _Window(window, channels)
+        self._configured_window = window
+        self._nch: int | None = None
+        self._win: _Window | None = None
         self._fd: int | None = None
+        self._live = False
         self._buf = b""
         self.bad_lines = 0
+        self.dropped = 0  # samples of a live stream that were never in a window (newer ones were)
 
     def open(self) -> None:
         self.close()
@@ -126,44 +156,92 @@ class StreamSource:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
             raise SourceError("input.open_failed", f"{self.path}: {e.strerror}") from None
+        self._live = not stat.S_ISREG(os.fstat(self._fd).st_mode)
 
-    def _line(self) -> bytes:
+    def _fill(self, block: bool) -> None:
+        """Read what is waiting into the buffer; with `block`, wait until a line is complete."""
+        if not self._live and b"\n" in self._buf:
+            return  # a recording: one line at a time, the file is not slurped
         deadline = time.monotonic() + self.timeout_s
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise SourceError("input.timeout", f"{self.path}: no data for {self.timeout_s:.1f} s")
-            r, _, _ = select.select([self._fd], [], [], left)
-            if not r:
-                continue
+        while True:
+            if not block or b"\n" in self._buf:
+                r, _, _ = select.select([self._fd], [], [], 0)
+                if not r:
+                    return
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SourceError("input.timeout", f"{self.path}: no data for {self.timeout_s:.1f} s")
+                r, _, _ = select.select([self._fd], [], [], left)
+                if not r:
+                    continue
             chunk = os.read(self._fd, 65536)
             if not chunk:  # writer closed the FIFO / end of a file: reopen (a file starts over)
                 os.close(self._fd)
                 self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+                if not block or b"\n" in self._buf:
+                    return
                 time.sleep(0.01)
                 continue
             self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line
+            if not self._live:
+                if b"\n" in self._buf:
+                    return
+                continue
+            self._trim()
+
+    def _trim(self) -> None:
+        """Keep at most a window of complete lines (plus a partial one) buffered: memory stays
+        bounded whatever the producer's rate, and the skipped lines are counted."""
+        keep = max(self._win_len(), 1)
+        n = self._buf.count(b"\n")
+        if n > keep:
+            cut = -1
+            for _ in range(n - keep):
+                cut = self._buf.index(b"\n", cut + 1)
+            self.dropped += n - keep
+            self._buf = self._buf[cut + 1:]
+
+    def _win_len(self) -> int:
+        if self._win is not None:
+            return len(self._win.buf)
+        return self._configured_window or (int(self.spec.shape[1]) if len(self.spec.shape) >= 3 else 1)
+
+    def _parse(self, line: bytes) -> list[float] | None:
+        try:
+            vals = [float(v) for v in line.decode().strip().split(self.delimiter)]
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not vals or not all(np.isfinite(vals)):
+            return None
+        if self._nch is None:
+            check_columns(self.path, len(vals), self.spec)
+            self._nch = len(vals)
+            self._win = _Window(window_for(self.spec, self._nch, self._configured_window), self._nch)
+        return vals if len(vals) == self._nch else None
 
     def read(self) -> np.ndarray:
         if self._fd is None:
             raise SourceError("input.read_failed", f"{self.path}: not open")
         bad = 0
+        pushed = 0
         while True:
-            line = self._line().strip()
-            try:
-                vals = [float(v) for v in line.decode().split(self.delimiter)][: self._nch]
-                if len(vals) < self._nch or not all(np.isfinite(vals)):
-                    raise ValueError
-            except (ValueError, UnicodeDecodeError):
+            self._fill(block=pushed == 0)
+            if b"\n" not in self._buf:
+                return self._win.buf  # drained: at least one new sample went in
+            line, self._buf = self._buf.split(b"\n", 1)
+            vals = self._parse(line)
+            if vals is None:
                 self.bad_lines += 1
                 bad += 1
                 if bad >= MAX_BAD_LINES:
                     raise SourceError("input.bad_data", f"{self.path}: {bad} bad lines in a row") from None
                 continue
+            bad = 0
             self._win.push(np.asarray(vals))
-            return self._win.buf
+            pushed += 1
+            if not self._live:
+                return self._win.buf
 
     def close(self) -> None:
         if self._fd is not None:

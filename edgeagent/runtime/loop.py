@@ -208,7 +208,7 @@ class InferenceLoop:
         w = self.stats.window(consume=consume)
         ends = self.frame_ends(w["frames"] + 1)  # and the last frame before the window
         gap = float(np.diff(ends).max()) * 1e3 if ends.size > 1 else None
-        return {
+        out = {
             "count": self.stats.count,
             "errors": self.errors,
             "input_errors": self.input_errors,
@@ -218,6 +218,10 @@ class InferenceLoop:
             "latency_ms": w["latency_ms"],
             "rate_hz": round(self.rate_hz, 3),
         }
+        dropped = getattr(self.source, "dropped", None)
+        if dropped is not None:  # a live sensor stream: samples skipped to keep the window current
+            out["input_dropped"] = dropped
+        return out
 
     # -- the loop (inference thread) --------------------------------------------------------
     def _apply_swap(self) -> None:

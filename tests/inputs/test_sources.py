@@ -119,7 +119,7 @@ def test_stream_from_a_fifo_with_garbage_lines(tmp_path):
                 fh.flush()
                 time.sleep(0.01)
 
-    src = StreamSource(str(fifo), channels=3, window=2, timeout_s=2)
+    src = StreamSource(str(fifo), TensorSpec("s", 0, (1, 2, 3), np.dtype(np.float32)), window=2, timeout_s=2)
     src.open()
     t = threading.Thread(target=writer)
     t.start()
@@ -132,7 +132,7 @@ def test_stream_from_a_fifo_with_garbage_lines(tmp_path):
     np.testing.assert_array_equal(w3[-1], [10, 11, 12])
     assert src.bad_lines == 3
     with pytest.raises(SourceError) as ei:  # no writer, no data: a timeout, not a hang
-        s2 = StreamSource(str(fifo), 3, 2, timeout_s=0.3)
+        s2 = StreamSource(str(fifo), TensorSpec("s", 0, (1, 2, 3), np.dtype(np.float32)), 2, timeout_s=0.3)
         s2.open()
         s2.read()
     assert ei.value.code == "input.timeout"
@@ -143,10 +143,109 @@ def test_stream_from_a_csv_file(tmp_path):
     csv = tmp_path / "log.csv"
     csv.write_text("0.5;1.5\n2.5;3.5\n")
     src = make_source(InputConfig(source="sensor", sensor=SensorInput(mode="stream", stream=str(csv), delimiter=";",
-                                                                      channels=["a", "b"], window=2)), IMG)
+                                                                      channels=["a", "b"], window=2)),
+                      TensorSpec("s", 0, (1, 2, 2), np.dtype(np.float32)))
     src.open()
     src.read()
     np.testing.assert_array_equal(src.read(), [[0.5, 1.5], [2.5, 3.5]])
+
+
+def _fifo_pair(tmp_path: Path, spec: TensorSpec, window: int = 0):
+    fifo = tmp_path / "sensor.fifo"
+    os.mkfifo(fifo)
+    src = StreamSource(str(fifo), spec, window=window, timeout_s=2)
+    src.open()  # the reader first (non-blocking), then the producer can open without waiting
+    w = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    return src, w
+
+
+SENSOR = TensorSpec("s", 0, (1, 10, 3), np.dtype(np.float32))
+
+
+def test_a_flooded_stream_feeds_the_newest_window_and_counts_what_it_skipped(tmp_path):
+    """60 lines written at once were used one per inference over 12 s at 5 Hz: a lag without end."""
+    src, w = _fifo_pair(tmp_path, SENSOR)
+    try:
+        os.write(w, "".join(f"{i},{i},{i}\n" for i in range(100)).encode())
+        win = src.read()
+        np.testing.assert_array_equal(win[:, 0], np.arange(90, 100))  # the newest 10, oldest first
+        assert src.dropped == 90
+        os.write(w, "".join(f"{i},{i},{i}\n" for i in range(100, 105)).encode())
+        np.testing.assert_array_equal(src.read()[:, 0], np.arange(95, 105))  # slides by what came
+        assert src.dropped == 90
+        os.write(w, b"105,105,1")  # half a line: waits for the rest
+        threading.Timer(0.2, lambda: os.write(w, b"05\n")).start()
+        assert src.read()[-1, 2] == 105
+    finally:
+        os.close(w)
+        src.close()
+
+
+def test_a_sensor_fifo_at_ten_times_the_rate_keeps_the_loop_current(tmp_path):
+    """The real inference loop at 5 Hz, a producer at 50 Hz: the frames the model sees hold the
+    newest samples, and the skipped ones show in the loop's telemetry."""
+    from edgeagent.engine import testmodels
+    from edgeagent.engine.model import Model
+    from edgeagent.runtime.loop import InferenceLoop
+
+    model = Model.load(str(testmodels.write_model(tmp_path / "m.tflite", input_shape=(1, 10, 3))))
+    src, w = _fifo_pair(tmp_path, model.inputs[0])
+    stop = threading.Event()
+    written = [0]
+
+    def producer():
+        while not stop.is_set():
+            n = written[0]
+            os.write(w, f"{n},{n},{n}\n".encode())
+            written[0] = n + 1
+            time.sleep(0.02)
+
+    t = threading.Thread(target=producer)
+    t.start()
+    loop = InferenceLoop(model, ResilientSource(src), rate_hz=5.0, keep_every_s=0.0)
+    loop.start()
+    try:
+        time.sleep(3.0)
+        newest_seen = float(loop.recent_frames()[-1][-1, 0])
+        lag = written[0] - 1 - newest_seen
+        snap = loop.snapshot()
+    finally:
+        loop.stop()
+        stop.set()
+        t.join()
+        os.close(w)
+        src.close()
+    assert written[0] >= 100
+    assert lag <= 15, (lag, written[0])  # one-line-per-inference would lag by ~130 after 3 s
+    assert snap["input_dropped"] >= written[0] - 15 * 10 - 15 and snap["input_errors"] == 0
+
+
+def test_columns_come_from_the_data_and_must_fit_the_model(tmp_path):
+    six = TensorSpec("s", 0, (1, 4, 6), np.dtype(np.float32))
+    src, w = _fifo_pair(tmp_path, six)  # no channels configured: 6 columns fill 6 channels
+    try:
+        os.write(w, b"1,2,3,4,5,6\n")
+        np.testing.assert_array_equal(src.read()[-1], [1, 2, 3, 4, 5, 6])
+    finally:
+        os.close(w)
+        src.close()
+    (tmp_path / "sensor.fifo").unlink()
+    src, w = _fifo_pair(tmp_path, six)
+    try:
+        os.write(w, b"1,2,3,4\n")
+        with pytest.raises(SourceError) as ei:
+            src.read()
+        assert ei.value.code == "input.shape_mismatch"
+        assert "4 columns per sample" in ei.value.message and "takes 6 channels" in ei.value.message
+    finally:
+        os.close(w)
+        src.close()
+    # IIO channels that do not fit the model are a configuration error (exit 2)
+    from edgeagent.errors import ConfigError
+
+    with pytest.raises(ConfigError) as ei:
+        make_source(InputConfig(source="sensor", sensor=SensorInput(mode="iio", iio_device=str(tmp_path))), six)
+    assert ei.value.code == "input.shape_mismatch" and ei.value.exit_code == 2
 
 
 def test_window_follows_the_model_time_axis():
