@@ -3,9 +3,13 @@
 # under /etc/edgeagent. Idempotent: run it again to upgrade; an existing config is never touched.
 #
 #   sudo scripts/install.sh [--prefix ROOT] [--extras camera,images] [--pip-args "..."]
-#                           [--package WHEEL] [--start]
+#                           [--package WHEEL] [--system-site-packages] [--start]
 #
-# --prefix installs into another root (an image being built, or a test's temporary directory).
+# --prefix builds into another root (an image, even an empty directory): the user and groups go
+# into ROOT/etc/{passwd,group,shadow,gshadow} (no tool reads the host's), files are owned by the
+# ids from ROOT, and the venv's scripts name /opt/edgeagent/venv, the path once ROOT is /.
+# --system-site-packages lets the venv see apt-installed modules (picamera2 comes from apt as
+# python3-picamera2, not PyPI); it is on by default where the host's python imports picamera2.
 set -euo pipefail
 
 PREFIX=""
@@ -13,6 +17,7 @@ EXTRAS="camera,images"
 PIP_ARGS=""
 PACKAGE=""
 START=0
+SYSTEM_SITE=auto
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 
@@ -23,7 +28,9 @@ while [ $# -gt 0 ]; do
     --pip-args) PIP_ARGS="$2"; shift 2 ;;
     --package) PACKAGE="$2"; shift 2 ;;   # a wheel or requirement instead of this source tree
     --start) START=1; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --system-site-packages) SYSTEM_SITE=1; shift ;;
+    --no-system-site-packages) SYSTEM_SITE=0; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -38,31 +45,94 @@ UNIT="$PREFIX/etc/systemd/system/edgeagent.service"
 STATE="$PREFIX/var/lib/edgeagent"
 say() { echo "install.sh: $*"; }
 
+die() { echo "install.sh: $*" >&2; exit 1; }
+
 # 1. the system user and group
-uflags=(); [ -n "$PREFIX" ] && uflags=(--prefix "$PREFIX")
-if ! grep -q '^edgeagent:' "$PREFIX/etc/group" 2>/dev/null; then
-  groupadd "${uflags[@]}" --system edgeagent && say "created group edgeagent"
-fi
-if ! grep -q '^edgeagent:' "$PREFIX/etc/passwd" 2>/dev/null; then
-  useradd "${uflags[@]}" --system --gid edgeagent --home-dir /var/lib/edgeagent --no-create-home \
-    --shell /usr/sbin/nologin --comment "edgeagent daemon" edgeagent && say "created user edgeagent"
-fi
-for g in video dialout; do
-  if grep -q "^$g:" "$PREFIX/etc/group" 2>/dev/null && ! grep -Eq "^$g:[^:]*:[^:]*:(.*,)?edgeagent(,|$)" "$PREFIX/etc/group"; then
-    usermod "${uflags[@]}" -aG "$g" edgeagent || true
+if [ -n "$PREFIX" ]; then
+  # Into an image: write the entries into ROOT's own files (groupadd --prefix fails on an empty
+  # root and would read the host's login.defs). System ids count down from 999, as useradd's do.
+  mkdir -p "$PREFIX/etc"
+  for f in passwd group shadow gshadow; do [ -e "$PREFIX/etc/$f" ] || : > "$PREFIX/etc/$f"; done
+  chmod 0640 "$PREFIX/etc/shadow" "$PREFIX/etc/gshadow"
+  free_id() {  # the highest id below 1000 used by neither passwd nor group
+    awk -F: '{ used[$3] = 1 } END { for (i = 999; i >= 100; i--) if (!(i in used)) { print i; exit } }' \
+      "$PREFIX/etc/passwd" "$PREFIX/etc/group"
+  }
+  add_group() {  # name [gid]
+    grep -q "^$1:" "$PREFIX/etc/group" && return 0
+    local gid="${2:-$(free_id)}"
+    [ -n "$gid" ] || die "no free system group id in $PREFIX/etc/group"
+    echo "$1:x:$gid:" >> "$PREFIX/etc/group"
+    echo "$1:!::" >> "$PREFIX/etc/gshadow"
+    say "created group $1 ($gid) in $PREFIX/etc/group"
+  }
+  add_group edgeagent
+  # the unit's SupplementaryGroups must exist: Debian's base-passwd ids where the image lacks them
+  add_group video 44
+  add_group dialout 20
+  if ! grep -q '^edgeagent:' "$PREFIX/etc/passwd"; then
+    gid=$(awk -F: '$1 == "edgeagent" { print $3 }' "$PREFIX/etc/group")
+    uid=$(free_id)
+    [ -n "$uid" ] || die "no free system user id in $PREFIX/etc/passwd"
+    echo "edgeagent:x:$uid:$gid:edgeagent daemon:/var/lib/edgeagent:/usr/sbin/nologin" >> "$PREFIX/etc/passwd"
+    echo "edgeagent:!:$(( $(date +%s) / 86400 )):0:99999:7:::" >> "$PREFIX/etc/shadow"
+    say "created user edgeagent ($uid) in $PREFIX/etc/passwd"
   fi
-done
+  for g in video dialout; do
+    if ! grep -Eq "^$g:[^:]*:[^:]*:(.*,)?edgeagent(,|$)" "$PREFIX/etc/group"; then
+      sed -i -E "s/^($g:[^:]*:[^:]*:)(.*)$/\1\2,edgeagent/; s/^($g:[^:]*:[^:]*:),edgeagent$/\1edgeagent/" "$PREFIX/etc/group"
+    fi
+  done
+else
+  if ! getent group edgeagent >/dev/null; then
+    groupadd --system edgeagent || die "groupadd edgeagent failed"
+    say "created group edgeagent"
+  fi
+  if ! getent passwd edgeagent >/dev/null; then
+    useradd --system --gid edgeagent --home-dir /var/lib/edgeagent --no-create-home \
+      --shell /usr/sbin/nologin --comment "edgeagent daemon" edgeagent || die "useradd edgeagent failed"
+    say "created user edgeagent"
+  fi
+  for g in video dialout; do
+    if getent group "$g" >/dev/null && ! id -nG edgeagent | tr ' ' '\n' | grep -qx "$g"; then
+      usermod -aG "$g" edgeagent || die "usermod -aG $g edgeagent failed"
+    fi
+  done
+fi
+# numeric ids from the root being installed (an image's ids are not the host's)
+EA_UID=$(awk -F: '$1 == "edgeagent" { print $3 }' "$PREFIX/etc/passwd")
+EA_GID=$(awk -F: '$1 == "edgeagent" { print $3 }' "$PREFIX/etc/group")
+[ -n "$EA_UID" ] && [ -n "$EA_GID" ] || die "user edgeagent missing from $PREFIX/etc/passwd or group"
 
 # 2. the virtualenv and the package
+if [ "$SYSTEM_SITE" = auto ]; then
+  SYSTEM_SITE=0
+  if "$PYTHON" -c 'import picamera2' >/dev/null 2>&1; then SYSTEM_SITE=1; say "picamera2 found: the venv sees system site-packages"; fi
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   mkdir -p "$(dirname "$VENV")"
   "$PYTHON" -m venv "$VENV" && say "created venv $VENV"
 fi
+if [ "$SYSTEM_SITE" = 1 ]; then
+  sed -i 's/^include-system-site-packages = .*/include-system-site-packages = true/' "$VENV/pyvenv.cfg"
+fi
 if [ -n "$EXTRAS" ] && pkg-config --exists libsystemd 2>/dev/null; then EXTRAS="$EXTRAS,systemd"; fi
 # shellcheck disable=SC2086
 target="${PACKAGE:-$SRC}"; [ -n "$EXTRAS" ] && target="$target[$EXTRAS]"
-"$VENV/bin/pip" install -q $PIP_ARGS "$target"
+"$VENV/bin/python" -m pip install -q $PIP_ARGS "$target"  # not bin/pip: its shebang may name /opt already
 say "installed edgeagent $("$VENV/bin/python" -c 'import edgeagent; print(edgeagent.__version__)') into $VENV"
+if [ -n "$PREFIX" ]; then
+  # pip wrote ROOT/opt/... into the scripts' shebangs and activate files: name the final path
+  final="/opt/edgeagent/venv"
+  { grep -rlIF "$VENV" "$VENV/bin" 2>/dev/null || true; } | while read -r f; do
+    [ -L "$f" ] || sed -i "s#$VENV#$final#g" "$f"
+  done
+  say "venv scripts point at $final (the path once $PREFIX is /)"
+fi
+
+# the command on PATH (README: `edgeagent ...`)
+install -d "$PREFIX/usr/local/bin"
+ln -sfn /opt/edgeagent/venv/bin/edgeagent "$PREFIX/usr/local/bin/edgeagent"
 
 # 3. config and trusted keys (never overwrite what the operator wrote)
 install -d -m 0750 "$ETC" "$ETC/keys"
@@ -72,11 +142,12 @@ if [ ! -f "$ETC/config.toml" ]; then
 else
   say "kept existing $ETC/config.toml"
 fi
-chgrp -R edgeagent "$ETC" 2>/dev/null || true
+# readable by the service user by its numeric id from this root (a name would be looked up on the host)
+chown -R "0:$EA_GID" "$ETC" || die "cannot chown $ETC to 0:$EA_GID (run as root)"
 
 # 4. state directory (systemd's StateDirectory= also creates it) and the unit
 install -d -m 0750 "$STATE"
-chown edgeagent:edgeagent "$STATE" 2>/dev/null || true
+chown "$EA_UID:$EA_GID" "$STATE" || die "cannot chown $STATE to $EA_UID:$EA_GID (run as root)"
 install -D -m 0644 "$SRC/systemd/edgeagent.service" "$UNIT"
 say "installed $UNIT"
 

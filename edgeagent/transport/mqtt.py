@@ -67,12 +67,15 @@ class MqttTransport:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_first = True
+        self.client_id = cfg.client_id or f"edgeagent-{device_id}"
+        self._connected_at = 0.0
+        self._quick_drops: collections.deque = collections.deque(maxlen=3)  # drops soon after connecting
         self._client = self._make_client(device_id)
 
     # -- setup --------------------------------------------------------------------------------
     def _make_client(self, device_id: str) -> mqtt.Client:
         cfg = self.cfg
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id or f"edgeagent-{device_id}",
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311)
         c.will_set(f"{self.prefix}/status", _dumps({"state": "offline", "reason": "lost"}), qos=1, retain=True)
         if cfg.tls.ca or cfg.tls.cert:
@@ -220,6 +223,7 @@ class MqttTransport:
             if telemetry is not None:
                 client.publish(f"{self.prefix}/telemetry", telemetry, qos=0)
         self.last_error = None
+        self._connected_at = time.monotonic()
         log.info("mqtt: connected to %s:%s (MQTT %s)", self.cfg.host, self.cfg.port, self.cfg.protocol)
         if self._on_connection:
             try:
@@ -229,8 +233,22 @@ class MqttTransport:
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if not self._stop.is_set():
-            log.warning("mqtt: disconnected (%s)", rc)
+            log.warning("mqtt: disconnected (%s)%s", rc, self._takeover_hint(rc))
         self._set_connected(False, str(rc))
+
+    def _takeover_hint(self, rc: Any) -> str:
+        """A broker drops a client when another connects with the same client id: two daemons
+        with one device id take the connection from each other in a loop that MQTT 3.1.1 reports
+        only as 'Unspecified error'. Say so when it is named (MQTT 5: Session taken over) or when
+        the connection keeps dropping within seconds of being made."""
+        now = time.monotonic()
+        if self._connected_at and now - self._connected_at < 10:
+            self._quick_drops.append(now)
+        repeated = len(self._quick_drops) >= 2 and now - self._quick_drops[0] < 120
+        if "taken over" in str(rc).lower() or repeated:
+            return (f"; another client may be using the client id {self.client_id!r} (two daemons with the "
+                    f"same device.id, or mqtt.client_id, take the connection from each other)")
+        return ""
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:

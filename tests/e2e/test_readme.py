@@ -82,3 +82,47 @@ def test_make_run_starts_the_daemon_without_root(tmp_path):
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+def _run_dev_until_serving(env: dict, until: str = "serving demo v1") -> list[str]:
+    p = subprocess.Popen(["bash", "scripts/run-dev.sh"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = p.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if until in line:
+                break
+        assert any(until in l for l in lines), "".join(lines)
+        os.killpg(p.pid, signal.SIGINT)
+        assert p.wait(10) == 0, "".join(lines)
+        return lines
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def test_make_run_honours_mqtt_host_after_a_first_run(tmp_path):
+    """The config is written at the first run; MQTT_HOST/MQTT_PORT given later still apply."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MQTT_HOST", "MQTT_PORT")}
+    env["RUN_DIR"] = str(tmp_path / "run")
+    first = _run_dev_until_serving(env)
+    assert any("no broker: standalone" in l for l in first), "".join(first)
+    broker = Broker(tmp_path / "broker").start()
+    try:
+        second = _run_dev_until_serving(dict(env, MQTT_HOST="127.0.0.1", MQTT_PORT=str(broker.port)),
+                                        until=f"mqtt: connected to 127.0.0.1:{broker.port}")
+        assert any(f"broker 127.0.0.1:{broker.port}" in l for l in second), "".join(second)
+        # its retained status is on the broker
+        r = subprocess.run(["mosquitto_sub", "-p", str(broker.port), "-t", "edgeagent/+/status", "-C", "1",
+                            "-W", "10", "-v"], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0 and "/status" in r.stdout, r.stderr
+        # the rest of the kept config is untouched
+        assert 'name = "demo"' in (tmp_path / "run/config.toml").read_text()
+    finally:
+        broker.stop()

@@ -325,3 +325,16 @@ def test_a_telemetry_interval_of_a_tenth_of_a_second_is_honoured(tmp_path, broke
     ts = [b["ts"] for t, b, _ in peer.msgs if t == f"{P}/telemetry"]
     gaps = sorted(b - a for a, b in zip(ts, ts[1:]))
     assert 0.05 <= gaps[len(gaps) // 2] <= 0.2, gaps
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_two_daemons_with_one_device_id_are_told_why_they_keep_dropping(protocol, tmp_path, broker, start_daemon):
+    cfg = mqtt_cfg(broker.port, protocol=protocol)
+    a = start_daemon(**cfg)
+    b = start_daemon(name="second", model={"state_dir": str(tmp_path / "state2")},
+                     control={"socket": str(tmp_path / "control2.sock")}, **cfg)
+    hint = "another client may be using the client id 'edgeagent-test-dev'"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and hint not in a.log() + b.log():
+        time.sleep(0.5)
+    assert hint in a.log() + b.log(), a.log()[-1500:] + b.log()[-1500:]
