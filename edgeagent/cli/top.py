@@ -102,7 +102,9 @@ class TopView:
             out.append(f"  {stage:<11} p50 {_f(s.get('p50'), 3)}  p99 {_f(s.get('p99'), 3)}")
         power = t.get("power") or {}
         rails = "  ".join(f"{k} {_f(v, 2, ' W')}" for k, v in (power.get("rails") or {}).items())
-        out.append(f"power {_f(power.get('total_w'), 2, ' W')} ({power.get('source', 'n/a')})  {rails}  "
+        watts = _f(power.get("total_w"), 2, " W") if power.get("total_w") is not None else \
+            (f"agent ~{_f(power.get('agent_w'), 2, ' W')}" if power.get("agent_w") is not None else _f(None))
+        out.append(f"power {watts} ({power.get('source', 'n/a')})  {rails}  "
                    f"energy/inference {_f(t.get('energy_per_inference_mj'), 2, ' mJ')}")
         thermal = "  ".join(f"{k} {_f(v, 1, '°C')}" for k, v in (t.get("thermal") or {}).items()) or "n/a"
         out.append(f"thermal {thermal}")

@@ -32,4 +32,6 @@ def figures_line(t: dict) -> str:
         parts.append(f"{max(temps):.1f}°C")
     if power.get("total_w") is not None:
         parts.append(f"{power['total_w']:.2f} W ({power.get('source')})")
+    elif power.get("agent_w") is not None:  # no sensor: the agent's own share, estimated
+        parts.append(f"agent ~{power['agent_w']:.2f} W (estimate)")
     return " | ".join(parts)

@@ -36,6 +36,7 @@ log = logging.getLogger("edgeagent.update")
 PROBATION_TICK_S = 0.1
 TRANSFER_REREQUEST_S = 2.0
 CANCEL_WAIT_S = 15.0  # how long cancel / rollback wait for the update thread to stop
+FINISHING_WAIT_S = 2.0  # how long a new request waits for an update in its check phase or tidying up
 
 
 # How long a swap may wait for the loop to reach a frame boundary before the loop counts as stuck.
@@ -78,6 +79,7 @@ class UpdateManager:
         self._current: dict | None = None  # the running update: payload sha256, version, waiters
         self._done = threading.Event()
         self._done.set()
+        self._waiters_lock = threading.Lock()
 
     @property
     def cfg(self):  # config.set can replace the agent's config
@@ -199,6 +201,12 @@ class UpdateManager:
         if not self._launch(manifest, src, ctx):
             if self._join(manifest, ctx):
                 return DEFERRED  # the same update is already under way: answer this request too
+            # an update still checking its manifest (a refusal takes milliseconds) or already
+            # answered and tidying up: wait for it rather than answer busy to the request after it
+            cur, phase = self._current, (self._progress or {}).get("phase")
+            if (cur is None or cur.get("answered") or phase == "check") and self._done.wait(FINISHING_WAIT_S) \
+                    and self._launch(manifest, src, ctx):
+                return DEFERRED
             raise UpdateRejected("update.busy", "another update is in progress")
         return DEFERRED
 
@@ -208,9 +216,10 @@ class UpdateManager:
         cur = self._current
         signed = manifest.get("signed") if isinstance(manifest.get("signed"), dict) else {}
         payload = signed.get("payload") if isinstance(signed.get("payload"), dict) else {}
-        if cur is None or cur.get("signed") != signed or not payload.get("sha256"):
-            return False
-        cur["waiters"].append(ctx)
+        with self._waiters_lock:
+            if cur is None or cur.get("answered") or cur.get("signed") != signed or not payload.get("sha256"):
+                return False
+            cur["waiters"].append(ctx)
         return True
 
     def _launch(self, manifest: dict, src: PayloadSource, ctx: Context | None, deadline: float | None = None) -> bool:
@@ -228,8 +237,11 @@ class UpdateManager:
         return True
 
     def _answer(self, ok: Any = None, err: EdgeAgentError | None = None) -> None:
-        cur = self._current
-        for w in (cur or {}).get("waiters", []):
+        cur = self._current or {}
+        with self._waiters_lock:  # a request joining now would never be answered: it launches anew
+            cur["answered"] = True
+            waiters = list(cur.get("waiters", []))
+        for w in waiters:
             if err is not None:
                 w.fail(err)
             else:

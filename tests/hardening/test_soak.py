@@ -91,7 +91,7 @@ def test_soak_junk_while_serving_and_updating(tmp_path, broker, peers, start_dae
         push = subprocess.run([sys.executable, "-m", "edgeagent", "push", rel["manifest"], "--broker",
                                f"127.0.0.1:{broker.port}", "--device", "test-dev", "--chunk-size", "1024", "--wait",
                                "--timeout", "120"], capture_output=True, text=True, cwd=REPO, timeout=150)
-        assert push.returncode == 0, push.stdout + push.stderr
+        assert push.returncode == 0, push.stdout + push.stderr + d.log()[-4000:]
         while time.monotonic() < t_end:
             assert peer.request("ping", timeout=20)["ok"]
             time.sleep(2.0)
