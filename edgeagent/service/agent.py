@@ -63,7 +63,10 @@ class Agent:
         self.updater: Any = None
         self.telemetry = TelemetryCollector(cfg.telemetry, cfg.device_id)
         self.last_telemetry: dict | None = None
-        self._signals: queue.Queue[int] = queue.Queue()
+        # SimpleQueue: its put is reentrant. A signal handler runs between two bytecodes of the
+        # main thread, possibly inside Queue.get while it holds the queue's lock, and a
+        # queue.Queue.put there deadlocks: the daemon then ignores SIGTERM until systemd kills it.
+        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self.restart_reason: str | None = None
         self._interactive = sys.stderr.isatty()
