@@ -141,6 +141,12 @@ class Daemon:
                 self.proc.wait(timeout)
                 time.sleep(0.05)
             except subprocess.TimeoutExpired:
+                # a daemon that ignores the signal: every thread's stack into its log (faulthandler
+                # on SIGUSR1), then shown with the failing test, then the kill
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
+                print(f"daemon did not stop within {timeout} s of {signal.Signals(sig).name}:\n{self.log()}",
+                      file=sys.stderr)
                 self.proc.kill()
                 self.proc.wait(5)
         self.close()
