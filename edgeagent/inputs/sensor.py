@@ -194,13 +194,10 @@ class StreamSource:
         """Keep at most a window of complete lines (plus a partial one) buffered: memory stays
         bounded whatever the producer's rate, and the skipped lines are counted."""
         keep = max(self._win_len(), 1)
-        n = self._buf.count(b"\n")
-        if n > keep:
-            cut = -1
-            for _ in range(n - keep):
-                cut = self._buf.index(b"\n", cut + 1)
-            self.dropped += n - keep
-            self._buf = self._buf[cut + 1:]
+        lines = self._buf.split(b"\n")  # the last part is the partial line (maybe empty)
+        if len(lines) - 1 > keep:
+            self.dropped += len(lines) - 1 - keep
+            self._buf = b"\n".join(lines[-(keep + 1):])
 
     def _win_len(self) -> int:
         if self._win is not None:

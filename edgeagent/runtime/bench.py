@@ -8,10 +8,10 @@ Both sides are timed the same way, from the end times of their own frames after 
 settling time: a round's period is (last end - first end) / frames between them, so neither side
 is charged for starting or stopping, and a slow model is not cut short by a fixed window
 (counting frames finished inside a sleep reads floor(T/P)/T and charged a 366 ms model 26% it did
-not cost). Every round holds at least MIN_FRAMES frame periods whatever the model's speed. Rounds alternate raw, agent, raw,
-agent, and each raw round is paired with the agent round after it: drift in clock speed or
-background load hits a pair alike, and the overhead is the median of the paired ratios, with
-their min and max, and as a per-frame cost in microseconds. Each side's fps is its frames over
+not cost). Every round holds at least MIN_FRAMES frame periods whatever the model's speed.
+Rounds alternate raw, agent, raw, agent, and each raw round is paired with the agent round after
+it: drift in clock speed or background load hits a pair alike, and the overhead is the median of
+the paired ratios, with their min and max, and as a per-frame cost in microseconds. Each side's fps is its frames over
 its time across all rounds, what one long loop would read.
 """
 

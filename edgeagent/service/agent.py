@@ -94,12 +94,9 @@ class Agent:
         m = self.config.model
         # seeding copies and hashes model.initial, and the slots are hashed: ask systemd for time
         # in proportion to the model (10 MB/s, a slow SD card) before that work, not after
-        try:
-            size = max(os.path.getsize(m.initial) if m.initial else 0,
-                       *(os.path.getsize(self.store.slot_path(s)) if os.path.exists(self.store.slot_path(s)) else 0
-                         for s in ("a", "b")))
-        except OSError:
-            size = 0
+        paths = [m.initial] if m.initial else []
+        paths += [self.store.slot_path(s) for s in ("a", "b")]
+        size = max((os.path.getsize(p) for p in paths if os.path.isfile(p)), default=0)
         self.notifier.extend_timeout(60 + size / 10e6, "checking the model slots")
         plan = self.store.boot(
             model_name=m.name,

@@ -2,8 +2,9 @@
 
 A BSDIFF4 delta from the base (update/delta.py: in place when the layout is unchanged, bsdiff4's
 search otherwise) is used only when it is smaller than the full model; otherwise the payload is
-the full model. The payload is written to disk as it is built, never held whole in memory. The manifest is signed by one or more keys (key rotation: sign
-with the old and the new key until every device trusts the new one, then retire the old).
+the full model. The payload is written to disk as it is built, never held whole in memory.
+The manifest is signed by one or more keys (key rotation: sign with the old and the new key
+until every device trusts the new one, then retire the old).
 """
 
 from __future__ import annotations
