@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeagent.cli.common import add_json, emit_json
+from edgeagent.cli.common import add_broker_options, add_json, connect, emit_json
 from edgeagent.errors import CommandError, EdgeAgentError, TransportError
-from edgeagent.transport.client import MqttClient, split_broker
+from edgeagent.transport.client import MqttClient
 from edgeagent.update.transfer import MIN_CHUNK, announce
 
 
@@ -27,15 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("push", help="publish a signed update to a device over MQTT")
     p.add_argument("manifest", help="signed manifest (.json)")
     p.add_argument("--payload", help="payload file (default: the manifest's payload name beside it)")
-    p.add_argument("--broker", default="localhost", help="HOST[:PORT] (default localhost:1883)")
+    add_broker_options(p)
     p.add_argument("--device", required=True, help="device id")
     p.add_argument("--topic-prefix", default="edgeagent/{device_id}")
     p.add_argument("--mode", choices=("transfer", "b64", "url"), default="transfer")
     p.add_argument("--url", help="with --mode url: where the device fetches the payload")
     p.add_argument("--chunk-size", type=int, default=64 * 1024)
-    p.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
-    p.add_argument("--tls-ca"), p.add_argument("--tls-cert"), p.add_argument("--tls-key")
-    p.add_argument("--username"), p.add_argument("--password-file")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the device's reply")
     p.add_argument("--wait", action="store_true", help="also wait for update.committed or update.rolled_back")
     add_json(p)
@@ -51,10 +48,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     signed = envelope.get("signed") or {}
     version = signed.get("version")
     prefix = args.topic_prefix.replace("{device_id}", args.device).rstrip("/")
-    host, port = split_broker(args.broker)
-    pub = MqttClient(host, port, protocol=args.protocol, client_prefix="edgeagent-push", tls_ca=args.tls_ca,
-                     tls_cert=args.tls_cert, tls_key=args.tls_key, username=args.username,
-                     password_file=args.password_file)
+    pub = connect(args, args.broker, "edgeagent-push")
     try:
         return _push(pub, args, envelope, mpath, prefix, version)
     finally:
@@ -100,7 +94,9 @@ def _push(pub: MqttClient, args: argparse.Namespace, envelope: dict, mpath: Path
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = reply_topic
         props.CorrelationData = rid.encode()
-    pub.publish(f"{prefix}/cmd", json.dumps({"id": rid, "op": "update", "args": cmd_args}), props=props)
+    # a command still queued (a bridge, a session) after the push gave up must not run later
+    pub.publish(f"{prefix}/cmd", json.dumps({"id": rid, "op": "update", "args": cmd_args}), props=props,
+                expiry_s=args.timeout)
     say(f"sent update v{version} to {prefix}/cmd ({args.mode}{f', {len(chunks)} chunks' if chunks else ''})")
     if chunks:
         tid = cmd_args["transfer"]["id"]

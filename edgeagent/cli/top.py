@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("top", help="live view of the device: model, fps, latency, power, thermal, events")
     p.add_argument("--mqtt", metavar="HOST[:PORT]", help="watch a remote device through the broker")
     p.add_argument("--device", help="device id (with --mqtt)")
+    p.add_argument("--fleet", action="store_true", help="with --mqtt: every device on the broker, one row each")
+    p.add_argument("--group", help="with --fleet: only this group")
     p.add_argument("--topic-prefix", default="edgeagent/{device_id}")
     p.add_argument("--interval", type=float, default=1.0, help="refresh seconds (default 1)")
     p.add_argument("--count", type=int, default=0, help="stop after N refreshes (0 = until Ctrl-C)")
@@ -173,11 +175,12 @@ def _local_feed(cfg: Any, view: TopView, interval: float) -> Iterator[None]:
 
 def _mqtt_feed(args: argparse.Namespace, view: TopView) -> Iterator[None]:
     from edgeagent.errors import TransportError
-    from edgeagent.transport.client import MqttClient, split_broker
+    from edgeagent.cli.common import connect
+    from edgeagent.transport.client import split_broker
 
     prefix = args.topic_prefix.replace("{device_id}", args.device).rstrip("/")
     host, port = split_broker(args.mqtt)
-    c = MqttClient(host, port, client_prefix="edgeagent-top")
+    c = connect(args, args.mqtt, "edgeagent-top")
     inbox = c.inbox
     for t, q in ((f"{prefix}/status", 1), (f"{prefix}/telemetry", 0), (f"{prefix}/events", 1)):
         c.subscribe(t, q)
@@ -211,8 +214,53 @@ def _mqtt_feed(args: argparse.Namespace, view: TopView) -> Iterator[None]:
         c.close()
 
 
+class FleetTop:
+    """`top --fleet`: the fleet table, refreshed."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from edgeagent.fleet.view import FleetView
+
+        self.group = args.group
+        self.view = FleetView(args.topic_prefix)
+
+    def lines(self) -> list[str]:
+        from edgeagent.fleet.view import table
+
+        rows = self.view.rows(self.group)
+        return table(rows) + [f"{len(rows)} device(s), {sum(r['state'] == 'online' for r in rows)} online"]
+
+    def plain_line(self) -> str:
+        return "\n".join(self.lines())
+
+    def renderable(self) -> Any:
+        from rich.text import Text
+
+        return Text("\n".join(self.lines()))
+
+
+def _fleet_feed(args: argparse.Namespace, view: "FleetTop") -> Iterator[None]:
+    from edgeagent.cli.common import connect
+    from edgeagent.cli.fleet import watch
+
+    c = connect(args, args.mqtt, "edgeagent-top")
+    try:
+        c.subscribe_many(view.view.topics())
+        while True:
+            watch(c, view.view, args.interval)
+            yield
+    finally:
+        c.close()
+
+
 def cmd_top(args: argparse.Namespace) -> int:
-    if args.mqtt:
+    if args.fleet:
+        if not args.mqtt:
+            from edgeagent.errors import CommandError
+
+            raise CommandError("cmd.bad_args", "--fleet needs --mqtt HOST[:PORT]")
+        view = FleetTop(args)
+        feed = _fleet_feed(args, view)
+    elif args.mqtt:
         if not args.device:
             from edgeagent.errors import CommandError
 

@@ -61,6 +61,7 @@ class Agent:
         self.transport: Any = None
         self.control: ControlServer | None = None
         self.updater: Any = None
+        self.follower: Any = None
         self.telemetry = TelemetryCollector(cfg.telemetry, cfg.device_id)
         self.last_telemetry: dict | None = None
         # SimpleQueue: its put is reentrant. A signal handler runs between two bytecodes of the
@@ -151,6 +152,9 @@ class Agent:
 
         self.updater = UpdateManager(self)
         self.updater.register(self.dispatcher)
+        from edgeagent.update.follower import RolloutFollower
+
+        self.follower = RolloutFollower(self)
         self.dispatcher.start()
         if cfg.mqtt.host:
             self._start_transport()
@@ -159,6 +163,7 @@ class Agent:
         self._serving_since = time.monotonic()
         self._boot_confirmed = False
         self.updater.resume(self.boot_plan)
+        self.follower.start()  # after resume: an update under way is seen as such
         log.info("serving %s v%s from slot %s (%s backend, input %s at %s Hz)",
                  self.model_info["name"], self.model_info["version"], self.model_info["slot"],
                  model.backend, cfg.input.source, cfg.input.rate_hz)
@@ -189,10 +194,16 @@ class Agent:
             agent_version=__version__,
             on_command=lambda payload, reply: self.dispatcher.submit(payload, reply, source="mqtt"),
             on_chunk=self._on_chunk,
+            on_rollout=self.follower.on_doc if self.follower is not None else None,
+            on_connection=self._on_connection,
         )
         self.transport.set_birth_info(self.model_info)
         self.events.subscribe(self.transport.publish_event)
         self.transport.start()
+
+    def _on_connection(self, up: bool, why: str) -> None:
+        if up and self.follower is not None:
+            self.follower.on_connected()  # the retained result again (a broker that restarted lost it)
 
     def _on_chunk(self, transfer_id: str, index: int, data: bytes) -> None:
         if self.updater is not None:
@@ -339,6 +350,8 @@ class Agent:
                 self.store.confirm_boot()
             except EdgeAgentError as e:
                 log.warning("could not record the clean stop: %s", e)
+        if self.follower is not None:
+            self.follower.stop()
         if self.updater is not None:
             self.updater.stop()
         if self.loop is not None:
@@ -373,6 +386,7 @@ class Agent:
             "backend": getattr(self.loop.model, "backend", None) if self.loop else None,
             "trial": self.updater.trial_status() if self.updater else (st.trial if st else None),
             "update": self.updater.progress() if self.updater else None,
+            "rollout": self.follower.current() if self.follower else None,
             "telemetry": self.last_telemetry,
             "mqtt": self.transport.stats() if self.transport is not None else None,
             "events": self.events.recent(10),

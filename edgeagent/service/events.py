@@ -23,6 +23,12 @@ class EventBus:
         self._sinks: list[Sink] = []
         self._lock = threading.Lock()
         self._recent: collections.deque[dict] = collections.deque(maxlen=history)
+        self._tag: tuple | None = None  # (version, fields): added to that version's update.* events
+
+    def set_tag(self, version: object, fields: dict | None) -> None:
+        """Tag the update events of one version (a rollout's id on the events of its update), so
+        a subscriber to P/events can tell a rollout's update from a pushed one."""
+        self._tag = (version, dict(fields)) if version is not None and fields else None
 
     def subscribe(self, sink: Sink) -> Callable[[], None]:
         """Add a sink; returns a function that removes it again."""
@@ -37,6 +43,9 @@ class EventBus:
         return unsubscribe
 
     def emit(self, name: str, **fields: object) -> dict:
+        tag = self._tag
+        if tag is not None and name.startswith("update.") and fields.get("version") == tag[0]:
+            fields = {**tag[1], **fields}
         event = {"event": name, "ts": round(time.time(), 3), **fields}
         detail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "manifest")
         level = logging.WARNING if name in ("update.rejected", "update.rolled_back", "input.failed") else logging.INFO

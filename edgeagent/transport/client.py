@@ -1,4 +1,4 @@
-"""The publisher-side MQTT client shared by the CLI's network commands (push, top --mqtt).
+"""The publisher-side MQTT client shared by the CLI's network commands (push, top, fleet, rollout).
 
 One small object: connect (one-line TransportError when the broker is down), keep its
 subscriptions across reconnects, hand every message to a queue (no work on paho's thread), and
@@ -85,12 +85,22 @@ class MqttClient:
         self._subs.append((topic, qos))
         self.c.subscribe(topic, qos=qos)
 
-    def publish(self, topic: str, payload: bytes | str, *, props: Any = None, qos: int = 1,
-                timeout: float = 30.0) -> None:
-        """Publish and wait until the broker has it; across one reconnect at most."""
+    def publish(self, topic: str, payload: bytes | str, *, props: Any = None, qos: int = 1, retain: bool = False,
+                expiry_s: float | None = None, timeout: float = 30.0) -> None:
+        """Publish and wait until the broker has it; across one reconnect at most.
+
+        expiry_s: MQTT 5 Message Expiry. A command waiting in a bridge's or a session's queue
+        is dropped by the broker once it is older than this, instead of being run on reconnect."""
+        if expiry_s is not None and self.v5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            if props is None:
+                props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = max(1, int(expiry_s))
         for attempt in (1, 2):
             try:
-                info = self.c.publish(topic, payload, qos=qos, properties=props)
+                info = self.c.publish(topic, payload, qos=qos, retain=retain, properties=props)
                 info.wait_for_publish(timeout)
                 if info.is_published() or qos == 0:
                     return
@@ -102,6 +112,31 @@ class MqttClient:
                     continue
         raise TransportError("mqtt.disconnected", f"{self.host}:{self.port}: the broker went away and did not come "
                                                   f"back within {RECONNECT_WAIT_S:.0f} s")
+
+    def subscribe_many(self, topics: list[tuple[str, int]]) -> None:
+        for t, q in topics:
+            self.subscribe(t, q)
+
+    def drain(self, timeout: float) -> list:
+        """Every message that arrives within `timeout` (the first wait is the whole timeout)."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                out.append(self.inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                return out
+
+    def settle(self, quiet: float = 0.5, limit: float = 5.0) -> list:
+        """The retained messages of fresh subscriptions: read until `quiet` seconds pass without one."""
+        out: list = []
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            batch = self.drain(min(quiet, max(0.0, deadline - time.monotonic())))
+            if not batch:
+                break
+            out += batch
+        return out
 
     def close(self) -> None:
         try:

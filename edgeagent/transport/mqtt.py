@@ -29,12 +29,13 @@ from paho.mqtt.properties import Properties
 
 from edgeagent.config import MqttConfig
 from edgeagent.errors import ConfigError
-from edgeagent.transport.topics import Chunk, reply_topic_ok, route
+from edgeagent.transport.topics import Chunk, RolloutDoc, reply_topic_ok, route
 
 log = logging.getLogger("edgeagent.mqtt")
 
 OnCommand = Callable[[bytes, Callable[[dict], None]], None]
 OnChunk = Callable[[str, int, bytes], None]
+OnRollout = Callable[[str, bytes], None]
 
 
 def _dumps(obj: Any) -> bytes:
@@ -43,7 +44,7 @@ def _dumps(obj: Any) -> bytes:
 
 class MqttTransport:
     def __init__(self, cfg: MqttConfig, *, device_id: str, topic_prefix: str, groups: list[str], agent_version: str,
-                 on_command: OnCommand, on_chunk: OnChunk | None = None,
+                 on_command: OnCommand, on_chunk: OnChunk | None = None, on_rollout: OnRollout | None = None,
                  on_connection: Callable[[bool, str], None] | None = None) -> None:
         self.cfg = cfg
         self.prefix = topic_prefix
@@ -51,6 +52,8 @@ class MqttTransport:
         self.agent_version = agent_version
         self._on_command = on_command
         self._on_chunk = on_chunk
+        self._on_rollout = on_rollout
+        self.device_id = device_id
         self._on_connection = on_connection
         self.v5 = cfg.protocol == "5"
         self._lock = threading.Lock()
@@ -77,7 +80,10 @@ class MqttTransport:
         cfg = self.cfg
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311)
-        c.will_set(f"{self.prefix}/status", _dumps({"state": "offline", "reason": "lost"}), qos=1, retain=True)
+        # who it is stays in the retained status while it is offline: a fleet view and a rollout
+        # controller still count a device that is down as one of its groups'
+        c.will_set(f"{self.prefix}/status", _dumps({"state": "offline", "reason": "lost", "device": device_id,
+                                                    "groups": self.groups}), qos=1, retain=True)
         if cfg.tls.ca or cfg.tls.cert:
             try:
                 c.tls_set(ca_certs=cfg.tls.ca or None, certfile=cfg.tls.cert or None, keyfile=cfg.tls.key or None,
@@ -110,6 +116,7 @@ class MqttTransport:
         if connected:
             try:
                 info = self._client.publish(f"{self.prefix}/status", _dumps({"state": "offline", "reason": reason,
+                                                                             "device": self.device_id, "groups": self.groups,
                                                                              "ts": round(time.time(), 3)}), qos=1, retain=True)
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError) as e:
@@ -206,6 +213,8 @@ class MqttTransport:
         qos = self.cfg.qos
         topics = [(f"{self.prefix}/cmd", qos), (f"{self.prefix}/transfer/+/+", qos)]
         topics += [(f"edgeagent/group/{g}/cmd", qos) for g in self.groups]
+        if self._on_rollout is not None:
+            topics += [(f"edgeagent/group/{g}/rollout", 1) for g in self.groups]
         client.subscribe(topics)
         client.publish(f"{self.prefix}/status", self._birth(), qos=1, retain=True)
         # Flush the outbox in order. paho is never called under our lock (paho calls us back
@@ -266,6 +275,13 @@ class MqttTransport:
             return
         r = route(self.prefix, self.groups, topic)
         size = len(msg.payload)
+        if isinstance(r, RolloutDoc):
+            if self._on_rollout is None or size > self.cfg.max_message_bytes:
+                self.refused += 1
+                log.warning("mqtt: rollout document of %d bytes on %s dropped", size, topic)
+                return
+            self._on_rollout(r.group, bytes(msg.payload))  # enqueue only
+            return
         if r is None or (isinstance(r, Chunk) and self._on_chunk is None):
             self.refused += 1
             log.debug("mqtt: ignoring %s", topic)
@@ -339,8 +355,8 @@ class MqttTransport:
         return reply
 
     def _birth(self) -> bytes:
-        return _dumps({"state": "online", "agent": self.agent_version, "model": self._birth_model,
-                       "ts": round(time.time(), 3)})
+        return _dumps({"state": "online", "device": self.device_id, "groups": self.groups, "agent": self.agent_version,
+                       "model": self._birth_model, "ts": round(time.time(), 3)})
 
     # -- publishing (any thread, never blocks) -------------------------------------------------
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool, props: Any = None) -> None:

@@ -27,7 +27,12 @@ class Chunk:
     index: int
 
 
-Route = Command | Chunk
+@dataclass(frozen=True)
+class RolloutDoc:
+    group: str
+
+
+Route = Command | Chunk | RolloutDoc
 
 
 def transfer_id_ok(s: object) -> bool:
@@ -40,6 +45,9 @@ def route(prefix: str, groups: list[str] | tuple[str, ...], topic: object) -> Ro
         return None
     if topic == f"{prefix}/cmd" or any(topic == f"edgeagent/group/{g}/cmd" for g in groups):
         return Command(topic)
+    for g in groups:
+        if topic == f"edgeagent/group/{g}/rollout":
+            return RolloutDoc(g)
     head = f"{prefix}/transfer/"
     if not topic.startswith(head):
         return None

@@ -28,7 +28,8 @@ class TlsFiles:
 
 
 class Broker:
-    def __init__(self, workdir: Path, tls: TlsFiles | None = None, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, tls: TlsFiles | None = None, port: int | None = None,
+                 bridge_to: list[int] | None = None) -> None:
         if shutil.which("mosquitto") is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)")
         self.dir = workdir
@@ -42,6 +43,12 @@ class Broker:
         if tls:
             conf += [f"cafile {tls.ca}", f"certfile {tls.server_cert}", f"keyfile {tls.server_key}",
                      "require_certificate true"]
+        for remote in bridge_to or []:
+            # a mosquitto bridge, as a site broker joins a central one: every edgeagent topic both
+            # ways, MQTT 5 (Message Expiry and retained flags cross it), reconnecting within 1 s
+            conf += [f"connection bridge-{self.port}-to-{remote}", f"address 127.0.0.1:{remote}",
+                     "topic edgeagent/# both 1", "bridge_protocol_version mqttv50", "cleansession true",
+                     "restart_timeout 1", "notifications false", "try_private true", "start_type automatic"]
         self.conf = self.dir / f"mosquitto-{self.port}.conf"
         self.conf.write_text("\n".join(conf) + "\n")
         self.log = self.dir / f"mosquitto-{self.port}.log"

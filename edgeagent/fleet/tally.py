@@ -1,0 +1,104 @@
+"""What a rollout's results say, and what the controller should do next: pure functions.
+
+`tally` counts the devices of the current step by their retained results; `decide` applies the
+criteria: halt when the failure share of the executed devices is above --max-failure-pct (once
+at least --min-executed have a result, or every device of the step has), advance when every
+device of the step has a final result or has timed out and the soak has passed, complete at the
+last step. A device that timed out counts as failed: a device that does not answer may be one
+that does not come back. A result that arrives after the timeout replaces it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgeagent.fleet.rollout_doc import FINAL, DeviceResult, RolloutDoc, is_member
+
+
+@dataclass(frozen=True)
+class Tally:
+    members: tuple  # known devices in the current step
+    committed: tuple = ()
+    refused: tuple = ()
+    rolled_back: tuple = ()
+    timed_out: tuple = ()
+    in_progress: tuple = ()  # started or on trial
+    waiting: tuple = ()  # in the step, no result yet
+    overdue: tuple = ()  # no final result past the device timeout, not yet marked timed out
+
+    @property
+    def executed(self) -> int:
+        return len(self.committed) + len(self.failed)
+
+    @property
+    def failed(self) -> tuple:
+        return self.refused + self.rolled_back + self.timed_out
+
+    @property
+    def failure_pct(self) -> float:
+        return 100.0 * len(self.failed) / self.executed if self.executed else 0.0
+
+    @property
+    def settled(self) -> bool:
+        return not self.in_progress and not self.waiting and not self.overdue
+
+    def to_json(self) -> dict:
+        return {"members": len(self.members), "committed": len(self.committed), "refused": len(self.refused),
+                "rolled_back": len(self.rolled_back), "timed_out": len(self.timed_out),
+                "in_progress": len(self.in_progress), "waiting": len(self.waiting), "executed": self.executed,
+                "failure_pct": round(self.failure_pct, 1),
+                "devices": {"committed": list(self.committed), "refused": list(self.refused),
+                            "rolled_back": list(self.rolled_back), "timed_out": list(self.timed_out),
+                            "in_progress": list(self.in_progress), "waiting": list(self.waiting)}}
+
+    def line(self) -> str:
+        return (f"{len(self.committed)} committed, {len(self.refused)} refused, {len(self.rolled_back)} rolled back, "
+                f"{len(self.timed_out)} timed out, {len(self.in_progress)} in progress, {len(self.waiting)} waiting "
+                f"(of {len(self.members)})")
+
+
+def tally(doc: RolloutDoc, group_devices: list[str], results: dict[str, DeviceResult | None], now: float) -> Tally:
+    """Count the step's devices: those of the group the hash or the canary list puts in, and any
+    device that answered for this rollout (one the controller did not know about)."""
+    answered = {d for d, r in results.items() if r is not None and r.rollout == doc.id}
+    members = sorted({d for d in group_devices if is_member(doc, d)} | answered)
+    out: dict[str, list[str]] = {k: [] for k in ("committed", "refused", "rolled_back", "timed_out", "in_progress",
+                                                 "waiting", "overdue")}
+    late = doc.phase_started_at and now - doc.phase_started_at > doc.criteria.device_timeout_s
+    for d in members:
+        r = results.get(d)
+        r = r if r is not None and r.rollout == doc.id else None
+        if r is not None and r.result in FINAL:
+            out[r.result].append(d)
+        elif d in doc.timed_out:
+            out["timed_out"].append(d)
+        elif late:
+            out["overdue"].append(d)
+        else:
+            out["in_progress" if r is not None else "waiting"].append(d)
+    return Tally(members=tuple(members), **{k: tuple(v) for k, v in out.items()})
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # wait | advance | halt | complete | time_out
+    reason: str = ""
+    devices: tuple = field(default=())  # time_out: the devices to mark
+
+
+def decide(doc: RolloutDoc, t: Tally, now: float, settled_since: float | None) -> Decision:
+    c = doc.criteria
+    if t.overdue:
+        return Decision("time_out", f"no result within {c.device_timeout_s:.0f} s", t.overdue)
+    enough = t.executed >= min(c.min_executed, len(t.members))
+    if enough and t.executed and t.failure_pct > c.max_failure_pct:
+        return Decision("halt", f"{len(t.failed)} of {t.executed} failed ({t.failure_pct:.0f}% > "
+                                f"{c.max_failure_pct:g}%): refused {list(t.refused)}, rolled back "
+                                f"{list(t.rolled_back)}, timed out {list(t.timed_out)}")
+    if not t.settled or not enough:
+        return Decision("wait")
+    if settled_since is None or now - settled_since < c.soak_s:
+        return Decision("wait", f"soaking {c.soak_s:g} s")
+    if doc.phase >= len(doc.plan) - 1:
+        return Decision("complete", f"{len(t.committed)} committed, {len(t.failed)} failed")
+    return Decision("advance", f"step {doc.phase + 1} done: {t.line()}")

@@ -1,0 +1,242 @@
+"""The device's side of a phased rollout: follow the group's retained rollout document.
+
+The follower reads `edgeagent/group/{g}/rollout` for each of the device's groups, decides by
+itself whether the device is in the current phase (rollout_doc.is_member), and when it is,
+starts the update the document names through the same UpdateManager as any `update` command
+(the same verification, health check, trial and rollback). It remembers, durably, which
+rollouts it has taken and how they ended, so a restart neither repeats a finished rollout nor
+forgets one under way, and answers on its own retained `P/rollout` so the controller can tally
+without having been connected at the time. Events of the update carry the rollout id.
+
+All the work runs on the follower's thread: the transport only enqueues documents, the event
+bus only enqueues results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from edgeagent.control.dispatcher import DEFERRED, Context, Request
+from edgeagent.errors import EdgeAgentError
+from edgeagent.fleet.rollout_doc import FINAL, RESULT_SUBTOPIC, TAKING, RolloutDoc, RolloutError, is_member, parse
+from edgeagent.state.atomic import atomic_write_json
+
+log = logging.getLogger("edgeagent.rollout")
+
+RETRY_S = 2.0  # a document the device could not act on yet (an update or trial under way)
+KEEP_DONE = 50  # finished rollouts remembered (so a retained document is not taken twice)
+_VERDICTS = {"update.trial": "trial", "update.committed": "committed", "update.rolled_back": "rolled_back",
+             "update.rejected": "refused"}
+
+
+class RolloutFollower:
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.device_id = agent.config.device_id
+        self._file = agent.config.state_dir / "rollout.json"
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._docs: dict[str, RolloutDoc] = {}  # group -> its latest valid document
+        self._bad: dict[str, str] = {}  # group -> the last refusal logged (not once per reconnect)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state = self._load()
+        self._reconcile()
+        agent.events.subscribe(self._on_event)
+
+    # -- persistence ------------------------------------------------------------------------
+    def _load(self) -> dict:
+        try:
+            d = json.loads(self._file.read_text())
+            if isinstance(d, dict) and isinstance(d.get("done"), dict):
+                cur = d.get("current")
+                return {"current": cur if isinstance(cur, dict) and isinstance(cur.get("rollout"), str) else None,
+                        "done": {k: v for k, v in d["done"].items() if isinstance(v, dict)}}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, RecursionError) as e:
+            log.error("%s unreadable (%s); starting afresh", self._file, e)
+        return {"current": None, "done": {}}
+
+    def _save(self) -> None:
+        done = self._state["done"]
+        if len(done) > KEEP_DONE:
+            for k in sorted(done, key=lambda k: done[k].get("ts", 0))[:-KEEP_DONE]:
+                del done[k]
+        try:
+            atomic_write_json(self._file, self._state)
+        except OSError as e:
+            log.error("could not save %s: %s", self._file, e)
+
+    def _reconcile(self) -> None:
+        """After a restart: what became of the rollout that was under way (the slots say)."""
+        cur = self._state["current"]
+        if cur is None or cur.get("result") in FINAL:
+            return
+        st = self.agent.store.state()
+        v = cur.get("version")
+        slots = {k: s for k, s in (st.slots.items() if st else []) if s is not None}
+        if st is not None and st.trial and slots.get(st.active) and slots[st.active].version == v:
+            self._set_result("trial")
+        elif st is not None and slots.get(st.active) and slots[st.active].version == v \
+                and slots[st.active].status == "good":
+            self._set_result("committed")
+        elif any(s.version == v and s.status == "bad" and s.reason != "installing" for s in slots.values()):
+            bad = next(s for s in slots.values() if s.version == v and s.status == "bad")
+            self._set_result("rolled_back", reason=bad.reason)
+        elif (self.agent.config.state_dir / "staging" / "pending-update.json").exists():
+            pass  # the updater resumes it; its events finish the story
+        else:
+            log.info("rollout %s was interrupted before its update started; taking it again", cur["rollout"])
+            self._state["current"] = None
+            self._save()
+            return
+        self._tag()
+
+    def _tag(self) -> None:
+        cur = self._state["current"]
+        live = cur is not None and cur.get("result") not in FINAL
+        self.agent.events.set_tag(cur.get("version") if live else None, {"rollout": cur["rollout"]} if live else None)
+
+    # -- inputs (other threads: enqueue only) -----------------------------------------------
+    def on_doc(self, group: str, payload: bytes) -> None:
+        self._q.put(("doc", group, payload))
+
+    def on_connected(self) -> None:
+        self._q.put(("publish", None, None))
+
+    def _on_event(self, ev: dict) -> None:
+        if ev.get("event") in _VERDICTS:
+            self._q.put(("event", None, ev))
+
+    # -- the follower's thread --------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rollout", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._q.put(("stop", None, None))
+        if self._thread is not None:
+            self._thread.join(3.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                kind, group, body = self._q.get(timeout=RETRY_S)
+            except queue.Empty:
+                kind, group, body = "retry", None, None
+            try:
+                if kind == "stop":
+                    return
+                if kind == "doc":
+                    self._on_doc(group, body)
+                elif kind == "event":
+                    self._on_verdict(body)
+                elif kind == "publish":
+                    self._publish()
+                for doc in list(self._docs.values()):
+                    self._consider(doc)
+            except Exception:  # noqa: BLE001 - the follower must outlive any one document
+                log.exception("rollout follower: %s not handled", kind)
+
+    def _on_doc(self, group: str, payload: bytes) -> None:
+        if not payload:
+            self._docs.pop(group, None)  # the retained document was cleared
+            return
+        try:
+            doc = parse(payload)
+            if doc.group != group:
+                raise RolloutError("rollout.bad_doc", f"group {doc.group!r} published on group {group!r}'s topic")
+        except RolloutError as e:
+            if self._bad.get(group) != e.message:
+                self._bad[group] = e.message
+                log.warning("rollout document for group %s refused: %s", group, e)
+                self.agent.events.emit("rollout.refused", group=group, code=e.code, reason=e.message)
+            return
+        self._bad.pop(group, None)
+        self._docs[group] = doc
+
+    def _consider(self, doc: RolloutDoc) -> None:
+        if doc.state not in TAKING or not is_member(doc, self.device_id):
+            return
+        cur = self._state["current"]
+        if doc.id in self._state["done"] or (cur is not None and cur["rollout"] == doc.id):
+            return
+        if cur is not None and cur.get("result") not in FINAL:
+            return  # another rollout's update is under way: this one waits for it
+        updater = self.agent.updater
+        info = self.agent.model_info
+        if info.get("version") == doc.version and not info.get("trial"):
+            self._begin(doc)
+            self._set_result("committed", reason="already serving this version")
+            return
+        if updater is None or updater.on_trial or updater.progress() is not None:
+            return  # retried every RETRY_S
+        self._begin(doc)
+        args = {"manifest": doc.manifest, **doc.payload}
+        ctx = Context(Request(f"rollout-{doc.id}", "update", args), self._on_reply, "mqtt")  # as strict as MQTT
+        log.info("rollout %s (group %s, phase %d at %.1f%%): taking v%d", doc.id, doc.group, doc.phase,
+                 doc.percentage, doc.version)
+        try:
+            if updater.op_update(args, ctx) is not DEFERRED:
+                raise EdgeAgentError("update.internal", "the update did not start")
+        except EdgeAgentError as e:
+            if e.code == "update.busy":  # something started in between: try again later
+                self._state["current"] = None
+                self._save()
+                self._tag()
+                return
+            self._set_result("refused", code=e.code, reason=e.message)
+
+    def _begin(self, doc: RolloutDoc) -> None:
+        self._state["current"] = {"rollout": doc.id, "group": doc.group, "version": doc.version, "result": "started",
+                                  "ts": round(time.time(), 3)}
+        self._save()
+        self._tag()
+        self._publish()
+
+    def _on_reply(self, msg: dict) -> None:
+        if not msg.get("ok"):
+            err = msg.get("error") or {}
+            self._q.put(("event", None, {"event": "update.rejected", "version": self._version(),
+                                         "code": err.get("code"), "reason": err.get("message")}))
+
+    def _version(self) -> Any:
+        cur = self._state["current"]
+        return cur.get("version") if cur else None
+
+    def _on_verdict(self, ev: dict) -> None:
+        cur = self._state["current"]
+        if cur is None or cur.get("result") in FINAL or ev.get("version") != cur.get("version"):
+            return
+        self._set_result(_VERDICTS[ev["event"]], code=ev.get("code"), reason=ev.get("reason"))
+
+    def _set_result(self, result: str, *, code: str | None = None, reason: str | None = None) -> None:
+        cur = self._state["current"]
+        assert cur is not None
+        cur.update(result=result, ts=round(time.time(), 3))
+        for k, v in (("code", code), ("reason", reason)):
+            if v is not None:
+                cur[k] = v
+        if result in FINAL:
+            self._state["done"][cur["rollout"]] = dict(cur)
+            log.info("rollout %s: %s v%s%s", cur["rollout"], result, cur.get("version"),
+                     f" ({code or ''} {reason or ''})" if result != "committed" else "")
+        self._save()
+        self._tag()
+        self._publish()
+
+    def _publish(self) -> None:
+        t = getattr(self.agent, "transport", None)
+        cur = self._state["current"]
+        if t is not None and cur is not None:
+            t.publish(RESULT_SUBTOPIC, {**cur, "device": self.device_id}, qos=1, retain=True)
+
+    def current(self) -> dict | None:
+        cur = self._state["current"]
+        return dict(cur) if cur else None
