@@ -195,6 +195,30 @@ class UpdateConfig:
     max_chunk_buffer_bytes: int = _check(_min(64 * 1024), default=16 * 1024 * 1024)
 
 
+def _listen(v: str) -> str | None:
+    if not v:
+        return None
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "expected HOST:PORT (127.0.0.1:9101 for this machine only, 0.0.0.0:9101 for the LAN)"
+    return None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # a node_exporter textfile collector file, rewritten atomically every telemetry interval
+    textfile: str = _check(lambda v: "must end in .prom (node_exporter reads only those)"
+                           if v and not v.endswith(".prom") else None, default="")
+    listen: str = _check(_listen, default="")  # HOST:PORT to serve /metrics on; empty = no endpoint
+
+
+@dataclass(frozen=True)
+class HomeAssistantConfig:
+    discovery: bool = False  # publish MQTT discovery for Home Assistant
+    prefix: str = _check(lambda v: "must be a topic without wildcards" if not v or _TOPIC_BAD.search(v) else None,
+                         default="homeassistant")
+
+
 @dataclass(frozen=True)
 class ControlConfig:
     socket: str = "/run/edgeagent/control.sock"
@@ -215,6 +239,8 @@ class Config:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     log: LogConfig = field(default_factory=LogConfig)
     path: str = field(default="", metadata={"internal": True})  # the file it came from
 

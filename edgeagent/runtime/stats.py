@@ -70,6 +70,13 @@ class LatencyWindow:
             out[stage] = _summary(rows[:, i])
         return {"frames": end - since, "fps": round((end - since) / dt, 2), "latency_ms": out}
 
+    def totals_since(self, since: int) -> tuple[np.ndarray, int]:
+        """The total latency (ms) of the frames recorded since `since` (at most the ring's
+        capacity), and the count to pass next time: for a histogram that sees every frame when
+        it is read at least every capacity frames."""
+        end = self.count
+        return self._rows(since)[:, 0] if end > since else self._ring[:0, 0], end
+
     def last(self, n: int) -> np.ndarray:
         """The total latency (ms) of the last n frames, oldest first."""
         return self._rows(max(self.count - n, 0))[:, 0]

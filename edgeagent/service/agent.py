@@ -62,6 +62,8 @@ class Agent:
         self.control: ControlServer | None = None
         self.updater: Any = None
         self.follower: Any = None
+        self.metrics: Any = None
+        self.discovery: Any = None
         self.telemetry = TelemetryCollector(cfg.telemetry, cfg.device_id)
         self.last_telemetry: dict | None = None
         # SimpleQueue: its put is reentrant. A signal handler runs between two bytecodes of the
@@ -158,6 +160,7 @@ class Agent:
         self.dispatcher.start()
         if cfg.mqtt.host:
             self._start_transport()
+        self._start_metrics()
         self.loop.on_first_frame = lambda: self._signals.put(_FIRST_FRAME)
         self.loop.start()
         self._serving_since = time.monotonic()
@@ -199,11 +202,32 @@ class Agent:
         )
         self.transport.set_birth_info(self.model_info)
         self.events.subscribe(self.transport.publish_event)
+        if cfg.homeassistant.discovery:
+            from edgeagent.transport.homeassistant import Discovery
+
+            self.discovery = Discovery(self)
+            self.discovery.attach(self.transport)
         self.transport.start()
+
+    def _start_metrics(self) -> None:
+        mc = self.config.metrics
+        if not (mc.textfile or mc.listen):
+            return
+        from edgeagent.telemetry.prometheus import AgentMetrics
+
+        self.metrics = AgentMetrics(self)
+        if mc.listen:
+            try:
+                self.metrics.serve(mc.listen)
+            except OSError as e:  # a port in use must not stop the model serving
+                log.error("metrics: cannot serve on %s: %s; continuing without the endpoint", mc.listen,
+                          e.strerror or e)
 
     def _on_connection(self, up: bool, why: str) -> None:
         if up and self.follower is not None:
             self.follower.on_connected()  # the retained result again (a broker that restarted lost it)
+        if up and self.discovery is not None:
+            self.discovery.on_connected()
 
     def _on_chunk(self, transfer_id: str, index: int, data: bytes) -> None:
         if self.updater is not None:
@@ -307,6 +331,10 @@ class Agent:
             if wd and now - self.loop.heartbeat < wd / 2:
                 self.notifier.watchdog()
             self._supervise_model(now)
+            if self.metrics is not None:
+                self.metrics.sample()
+            if self.discovery is not None:
+                self.discovery.tick()
             if now - self._clock_checked >= CLOCK_FLOOR_EVERY_S:
                 self._observe_clock()
             if self.transport is not None:
@@ -315,6 +343,8 @@ class Agent:
                 interval = self.config.telemetry.interval_s
                 next_tel = max(next_tel + interval, now + interval / 2)  # no drift, no burst
                 self.publish_telemetry()
+                if self.metrics is not None and self.config.metrics.textfile:
+                    self.metrics.write_textfile(self.config.metrics.textfile)
                 self.notifier.status(self._status_line())
                 if self.last_telemetry and (self._interactive or now >= next_line):
                     next_line = now + 60
@@ -362,6 +392,8 @@ class Agent:
                 pass
         if self.control is not None:
             self.control.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.dispatcher.stop()
         if self.transport is not None:
             self.transport.stop(reason="shutdown")

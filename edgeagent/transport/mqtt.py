@@ -53,6 +53,7 @@ class MqttTransport:
         self._on_command = on_command
         self._on_chunk = on_chunk
         self._on_rollout = on_rollout
+        self._watches: dict[str, Callable[[bytes], None]] = {}  # exact topics outside the device's own
         self.device_id = device_id
         self._on_connection = on_connection
         self.v5 = cfg.protocol == "5"
@@ -103,6 +104,11 @@ class MqttTransport:
         c.on_message = self._handle_message
         c.max_queued_messages_set(0)
         return c
+
+    def watch(self, topic: str, callback: Callable[[bytes], None]) -> None:
+        """Also subscribe to `topic` (exact, set before start) and hand its messages to `callback`,
+        which must only enqueue: Home Assistant's birth message, for one."""
+        self._watches[topic] = callback
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -215,6 +221,7 @@ class MqttTransport:
         topics += [(f"edgeagent/group/{g}/cmd", qos) for g in self.groups]
         if self._on_rollout is not None:
             topics += [(f"edgeagent/group/{g}/rollout", 1) for g in self.groups]
+        topics += [(t, 1) for t in self._watches]
         client.subscribe(topics)
         client.publish(f"{self.prefix}/status", self._birth(), qos=1, retain=True)
         # Flush the outbox in order. paho is never called under our lock (paho calls us back
@@ -272,6 +279,11 @@ class MqttTransport:
         except UnicodeDecodeError:
             self.refused += 1
             log.warning("mqtt: ignoring a message whose topic is not UTF-8")
+            return
+        watch = self._watches.get(topic)
+        if watch is not None:
+            if len(msg.payload) <= 4096:  # birth messages and the like; nothing big is expected
+                watch(bytes(msg.payload))  # enqueue only
             return
         r = route(self.prefix, self.groups, topic)
         size = len(msg.payload)

@@ -1,0 +1,159 @@
+"""Prometheus metrics: a node_exporter textfile and, optionally, an HTTP /metrics endpoint.
+
+prometheus-client does the exposition format, the registry, the atomic textfile write and the
+HTTP server; this module is one custom collector over the agent's live state, so every scrape
+reads the same figures telemetry publishes. Names follow Prometheus conventions: base units
+(seconds, watts, joules, celsius), `_total` for counters, the model version as an `_info`
+metric. Latency is a histogram fed with every frame's latency (the loop's ring buffer is read
+at least twice a second), never per-device quantiles, so it aggregates across a fleet.
+
+The textfile is rewritten every telemetry interval with a rename (atomic); it is not fsynced:
+that would wear an SD card every few seconds for a file the next interval rewrites anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("edgeagent.metrics")
+
+# seconds: 0.5 ms (a small model on a Pi 5) to 10 s (a big one on a Pi Zero)
+BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BOUNDS_MS = np.array(BUCKETS_S) * 1e3
+UPDATE_RESULTS = {"update.committed": "committed", "update.rolled_back": "rolled_back",
+                  "update.rejected": "rejected", "rollback": "manual_rollback"}
+
+
+class AgentMetrics:
+    """A prometheus_client collector over the agent (registered in its own registry)."""
+
+    def __init__(self, agent: Any) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.agent = agent
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._lock = threading.Lock()
+        self._buckets = np.zeros(len(BUCKETS_S) + 1, dtype=np.int64)  # the last one is +Inf
+        self._sum_s = 0.0
+        self._since = 0
+        self._stats: Any = None  # the loop's latency window (a new loop would reset the count)
+        self._updates = {v: 0 for v in UPDATE_RESULTS.values()}
+        self._server: Any = None
+        self.registry.register(self)
+        agent.events.subscribe(self._on_event)
+
+    def _on_event(self, ev: dict) -> None:
+        name = UPDATE_RESULTS.get(ev.get("event", ""))
+        if name:
+            with self._lock:
+                self._updates[name] += 1
+
+    def sample(self) -> None:
+        """Move the frames since the last call into the histogram (main loop, ≥ twice a second)."""
+        loop = self.agent.loop
+        if loop is None:
+            return
+        with self._lock:
+            if loop.stats is not self._stats:
+                self._stats, self._since = loop.stats, 0
+            ms, self._since = loop.stats.totals_since(self._since)
+            if ms.size:
+                self._buckets += np.bincount(np.searchsorted(_BOUNDS_MS, ms, side="left"),
+                                             minlength=len(BUCKETS_S) + 1)
+                self._sum_s += float(ms.sum()) / 1e3
+
+    # -- prometheus_client's Collector protocol ----------------------------------------------
+    def collect(self) -> Any:
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                            InfoMetricFamily)
+
+        a = self.agent
+        loop = a.loop
+        t = a.last_telemetry or {}
+        m = a.model_info or {}
+        info = InfoMetricFamily("edgeagent_model", "The model being served (value 1)",
+                                labels=["name", "version", "slot", "sha256", "trial"])
+        info.add_metric([], {"name": str(m.get("name")), "version": str(m.get("version")), "slot": str(m.get("slot")),
+                             "sha256": str(m.get("sha256")), "trial": str(bool(m.get("trial"))).lower()})
+        yield info
+        yield GaugeMetricFamily("edgeagent_start_time_seconds", "When the daemon started (Unix time)",
+                                value=a.started_at)
+        if loop is not None:
+            yield CounterMetricFamily("edgeagent_inferences", "Frames run through the model", value=loop.stats.count)
+            yield CounterMetricFamily("edgeagent_inference_errors", "Model errors (invoke failed, non-finite output)",
+                                      value=loop.errors)
+            yield CounterMetricFamily("edgeagent_input_errors", "Input read failures", value=loop.input_errors)
+            yield CounterMetricFamily("edgeagent_deadline_misses", "Frames that started late for input.rate_hz",
+                                      value=loop.deadline_misses)
+            yield GaugeMetricFamily("edgeagent_input_rate_hertz", "The configured frame rate (0: as fast as it runs)",
+                                    value=loop.rate_hz)
+        with self._lock:
+            cum = np.cumsum(self._buckets)
+            total_s = self._sum_s
+            updates = dict(self._updates)
+        h = HistogramMetricFamily("edgeagent_inference_latency_seconds",
+                                  "Per-frame latency: preprocess, invoke and postprocess")
+        h.add_metric([], [(repr(b), int(c)) for b, c in zip(BUCKETS_S, cum[:-1])] + [("+Inf", int(cum[-1]))],
+                     sum_value=total_s)
+        yield h
+        power = t.get("power") or {}
+        pw = GaugeMetricFamily("edgeagent_power_watts", "Power draw; source=estimate is the agent's CPU share of a "
+                               "board profile, not a measurement", labels=["scope", "source"])
+        for scope in ("total", "agent"):
+            if isinstance(power.get(f"{scope}_w"), (int, float)):
+                pw.add_metric([scope, str(power.get("source"))], power[f"{scope}_w"])
+        yield pw
+        epi = t.get("energy_per_inference_mj")
+        if isinstance(epi, (int, float)):
+            yield GaugeMetricFamily("edgeagent_energy_per_inference_joules", "Measured energy per inference",
+                                    value=epi / 1e3)
+        temp = GaugeMetricFamily("edgeagent_temperature_celsius", "Thermal zones", labels=["zone"])
+        for zone, v in (t.get("thermal") or {}).items():
+            if isinstance(v, (int, float)):
+                temp.add_metric([str(zone)], v)
+        yield temp
+        thr = t.get("throttled")
+        if isinstance(thr, dict):
+            from edgeagent.telemetry.collector import THROTTLE_BITS
+
+            g = GaugeMetricFamily("edgeagent_throttled", "Raspberry Pi throttling flags now (1 = set)", labels=["flag"])
+            for flag in THROTTLE_BITS.values():
+                g.add_metric([flag], 1.0 if flag in (thr.get("now") or []) else 0.0)
+            yield g
+        u = CounterMetricFamily("edgeagent_updates", "Update outcomes since the daemon started", labels=["result"])
+        for k, v in updates.items():
+            u.add_metric([k], v)
+        yield u
+        tr = a.transport
+        if tr is not None:
+            yield GaugeMetricFamily("edgeagent_mqtt_connected", "1 while connected to the broker",
+                                    value=1.0 if tr.connected else 0.0)
+            yield CounterMetricFamily("edgeagent_mqtt_reconnects", "Broker reconnects", value=tr.reconnects)
+
+    # -- outputs -----------------------------------------------------------------------------
+    def write_textfile(self, path: str) -> None:
+        from prometheus_client import write_to_textfile
+
+        try:
+            write_to_textfile(path, self.registry)
+        except OSError as e:
+            log.warning("metrics: cannot write %s: %s", path, e)
+
+    def serve(self, listen: str) -> None:
+        from prometheus_client import start_http_server
+
+        host, _, port = listen.rpartition(":")
+        self._server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        log.info("metrics: serving http://%s/metrics", listen)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+

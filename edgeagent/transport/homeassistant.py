@@ -1,0 +1,168 @@
+"""Home Assistant MQTT discovery: the device appears in Home Assistant with no YAML.
+
+One retained device discovery message (`{prefix}/device/edgeagent_{id}/config`, the form Home
+Assistant has read since 2024.11): sensors read straight from `P/telemetry` with value
+templates (fps, p95 latency, each thermal zone, power, energy per inference), a throttling
+binary sensor, an `update` entity fed by a retained `P/update` state (installed version, the
+version being installed, download progress), and `rollback` / `commit` buttons that publish the
+ordinary commands on `P/cmd`. Availability comes from the retained `P/status`. The message is
+published on every connect and again when Home Assistant announces itself on
+`{prefix}/status` (it forgets discovered devices when it restarts without a persistent broker).
+
+The update entity has no install command: an update needs a signed manifest, which comes from a
+rollout or `edgeagent push`, not from a button.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import threading
+from typing import Any
+
+log = logging.getLogger("edgeagent.homeassistant")
+
+ORIGIN_URL = "https://github.com/edgeagent/edgeagent"
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", s)
+
+
+def discovery_topic(prefix: str, device_id: str) -> str:
+    return f"{prefix}/device/edgeagent_{_slug(device_id)}/config"
+
+
+def discovery_payload(*, device_id: str, topic_prefix: str, agent_version: str, model: dict,
+                      thermal_zones: list[str]) -> dict:
+    """The device discovery document (pure: a test checks it against Home Assistant's schema)."""
+    uid = f"edgeagent_{_slug(device_id)}"
+    P = topic_prefix
+    none = "None"  # what an MQTT sensor's template renders for 'unknown'
+    cmps: dict[str, dict] = {
+        f"{uid}_fps": {"p": "sensor", "name": "Inference rate", "unique_id": f"{uid}_fps", "unit_of_measurement": "fps",
+                       "state_class": "measurement", "icon": "mdi:speedometer", "suggested_display_precision": 1,
+                       "value_template": "{{ value_json.inference.fps }}"},
+        f"{uid}_p95": {"p": "sensor", "name": "Latency p95", "unique_id": f"{uid}_p95", "device_class": "duration",
+                       "unit_of_measurement": "ms", "state_class": "measurement", "suggested_display_precision": 2,
+                       "value_template": "{{ value_json.inference.latency_ms.p95 if value_json.inference.latency_ms"
+                                         f".p95 is not none else '{none}' }}}}"},
+        f"{uid}_power": {"p": "sensor", "name": "Power", "unique_id": f"{uid}_power", "device_class": "power",
+                         "unit_of_measurement": "W", "state_class": "measurement", "suggested_display_precision": 2,
+                         "value_template": "{% set p = value_json.power %}{{ p.total_w if p and p.total_w is not none "
+                                           f"else (p.agent_w if p and p.agent_w is not none else '{none}') }}}}"},
+        f"{uid}_epi": {"p": "sensor", "name": "Energy per inference", "unique_id": f"{uid}_epi",
+                       "unit_of_measurement": "mJ", "state_class": "measurement", "icon": "mdi:lightning-bolt",
+                       "value_template": "{{ value_json.energy_per_inference_mj if value_json.energy_per_inference_mj"
+                                         f" is not none else '{none}' }}}}"},
+        f"{uid}_throttled": {"p": "binary_sensor", "name": "Throttled", "unique_id": f"{uid}_throttled",
+                             "device_class": "problem",
+                             "value_template": "{{ 'ON' if value_json.throttled and value_json.throttled.now "
+                                               "else 'OFF' }}"},
+        f"{uid}_model": {"p": "update", "name": "Model", "unique_id": f"{uid}_model", "state_topic": f"{P}/update",
+                         "title": str(model.get("name") or "model"), "device_class": "firmware",
+                         "entity_category": "config"},
+        f"{uid}_rollback": {"p": "button", "name": "Roll back model", "unique_id": f"{uid}_rollback",
+                            "command_topic": f"{P}/cmd", "entity_category": "config", "icon": "mdi:undo",
+                            "payload_press": json.dumps({"id": "homeassistant-rollback", "op": "rollback",
+                                                         "args": {"reason": "Home Assistant"}})},
+        f"{uid}_commit": {"p": "button", "name": "Commit model", "unique_id": f"{uid}_commit",
+                          "command_topic": f"{P}/cmd", "entity_category": "config", "icon": "mdi:check",
+                          "payload_press": json.dumps({"id": "homeassistant-commit", "op": "commit", "args": {}})},
+    }
+    for zone in thermal_zones:
+        z = _slug(zone)
+        cmps[f"{uid}_temp_{z}"] = {
+            "p": "sensor", "name": f"Temperature {zone}", "unique_id": f"{uid}_temp_{z}",
+            "device_class": "temperature", "unit_of_measurement": "°C", "state_class": "measurement",
+            "value_template": f"{{{{ value_json.thermal[{json.dumps(zone)}] if value_json.thermal and "
+                              f"value_json.thermal[{json.dumps(zone)}] is not none else '{none}' }}}}"}
+    return {
+        "dev": {"ids": [uid], "name": device_id, "mf": "edgeagent", "mdl": "edge ML agent", "sw": agent_version},
+        "o": {"name": "edgeagent", "sw": agent_version, "url": ORIGIN_URL},
+        "cmps": cmps,
+        "state_topic": f"{P}/telemetry",
+        "availability": [{"topic": f"{P}/status", "value_template": "{{ value_json.state }}",
+                          "payload_available": "online", "payload_not_available": "offline"}],
+        "qos": 1,
+    }
+
+
+def update_state(model: dict, progress: dict | None, installing: Any) -> dict:
+    """The update entity's state: the installed version, and while an update runs, its version
+    as `latest_version` with its progress."""
+    installed = str(model.get("version"))
+    out = {"installed_version": installed, "latest_version": installed, "in_progress": False,
+           "update_percentage": None, "title": str(model.get("name") or "model")}
+    if progress is not None:
+        out["in_progress"] = True
+        if installing is not None:
+            out["latest_version"] = str(installing)
+        pct = progress.get("percent")
+        if isinstance(pct, (int, float)) and progress.get("phase") in ("download", "fetch", "transfer", None):
+            out["update_percentage"] = round(float(pct), 1)
+    return out
+
+
+class Discovery:
+    """Publishes discovery and the update state through the daemon's transport."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.prefix = agent.config.homeassistant.prefix
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._last_state: dict | None = None
+        self._lock = threading.Lock()
+
+    def attach(self, transport: Any) -> None:
+        transport.watch(f"{self.prefix}/status", self._on_ha_status)
+
+    def _on_ha_status(self, payload: bytes) -> None:  # paho's thread: enqueue only
+        if payload.strip().lower() == b"online":
+            self._q.put("birth")
+
+    def on_connected(self) -> None:
+        self._q.put("connect")
+
+    def tick(self) -> None:
+        """From the main loop: publish what is due (discovery after a connect or HA's birth, the
+        update state when it changed)."""
+        announce = False
+        while True:
+            try:
+                self._q.get_nowait()
+                announce = True
+            except queue.Empty:
+                break
+        t = self.agent.transport
+        if t is None or not t.connected:
+            return
+        if announce:
+            self.publish_discovery()
+            self._last_state = None
+        self.publish_state()
+
+    def publish_discovery(self) -> None:
+        a = self.agent
+        zones = list(((a.last_telemetry or {}).get("thermal") or {}).keys()) or \
+            [z for z, _ in getattr(getattr(a.telemetry, "thermal", None), "zones", [])]
+        from edgeagent import __version__
+
+        doc = discovery_payload(device_id=a.config.device_id, topic_prefix=a.config.topic_prefix,
+                                agent_version=__version__, model=a.model_info, thermal_zones=zones)
+        a.transport._send(discovery_topic(self.prefix, a.config.device_id),
+                          json.dumps(doc, separators=(",", ":")).encode(), 1, True)
+        log.info("home assistant: discovery published (%d entities)", len(doc["cmps"]))
+
+    def publish_state(self) -> None:
+        a = self.agent
+        up = a.updater
+        cur = getattr(up, "_current", None) if up is not None else None
+        signed = (cur or {}).get("signed") if isinstance(cur, dict) else None
+        installing = signed.get("version") if isinstance(signed, dict) else None
+        st = update_state(a.model_info, up.progress() if up is not None else None, installing)
+        if st != self._last_state:
+            self._last_state = st
+            a.transport.publish("update", st, qos=1, retain=True)
