@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from edgeagent.control.dispatcher import Dispatcher, parse_request
-from edgeagent.errors import CommandError, EdgeAgentError
+from edgeagent.errors import EdgeAgentError
 from edgeagent.service.events import EventBus
 
 log = logging.getLogger("edgeagent.control")

@@ -117,9 +117,16 @@ class RolloutController:
         rolled: list[str] = []
         if rollback if rollback is not None else doc.criteria.rollback_on_halt:
             t = self.tally()
+            results = self.results()
+            why = f"rollout {doc.id} {state}: {reason}"[:500]
             for dev in t.committed + t.in_progress:
-                self.command(dev, "rollback", {"reason": f"rollout {doc.id} {state}: {reason}"[:500]},
-                             f"{doc.id}-rollback")
+                r = results.get(dev)
+                if r is not None and r.result == "started":
+                    # still downloading or checking: a rollback would cancel it and then switch to
+                    # the other slot, an older model; cancelling leaves it on the model it serves
+                    self.command(dev, "cancel", {}, f"{doc.id}-cancel")
+                    continue
+                self.command(dev, "rollback", {"reason": why}, f"{doc.id}-rollback")
                 rolled.append(dev)
         doc = self.write(dataclasses.replace(doc, state=state, percentage=0.0, reason=reason,
                                              rolled_back=tuple(sorted(set(doc.rolled_back) | set(rolled)))))

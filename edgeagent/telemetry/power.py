@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 # Idle and full-load board power in watts, for the estimate. Sources: Raspberry Pi 4B ~2.7 W idle,
 # ~6.4 W under stress (RPi foundation / Tom's Hardware measurements); Pi 5 ~2.7 W idle, ~7 W loaded

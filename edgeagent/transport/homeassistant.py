@@ -19,7 +19,6 @@ import json
 import logging
 import queue
 import re
-import threading
 from typing import Any
 
 log = logging.getLogger("edgeagent.homeassistant")
@@ -114,7 +113,6 @@ class Discovery:
         self.prefix = agent.config.homeassistant.prefix
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._last_state: dict | None = None
-        self._lock = threading.Lock()
 
     def attach(self, transport: Any) -> None:
         transport.watch(f"{self.prefix}/status", self._on_ha_status)
@@ -152,8 +150,8 @@ class Discovery:
 
         doc = discovery_payload(device_id=a.config.device_id, topic_prefix=a.config.topic_prefix,
                                 agent_version=__version__, model=a.model_info, thermal_zones=zones)
-        a.transport._send(discovery_topic(self.prefix, a.config.device_id),
-                          json.dumps(doc, separators=(",", ":")).encode(), 1, True)
+        a.transport.publish_topic(discovery_topic(self.prefix, a.config.device_id),
+                                  json.dumps(doc, separators=(",", ":")).encode(), qos=1, retain=True)
         log.info("home assistant: discovery published (%d entities)", len(doc["cmps"]))
 
     def publish_state(self) -> None:

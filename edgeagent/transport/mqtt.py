@@ -389,6 +389,10 @@ class MqttTransport:
                 self._dropped_total += 1
             self._outbox.append((topic, payload, qos, retain, props))
 
+    def publish_topic(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish outside the device's prefix (Home Assistant's discovery topic); never blocks."""
+        self._send(topic, payload, qos, retain)
+
     def set_birth_info(self, model: dict) -> None:
         self._birth_model = dict(model)
         if self._connected:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -13,16 +14,14 @@ import pytest
 
 from edgeagent.engine import testmodels
 from edgeagent.update.release import make_release
-from tests.mqtt.test_mqtt_daemon import Peer, broker, signer  # noqa: F401  (fixtures)
+from tests.mqtt.test_mqtt_daemon import Peer
 from tests.support.daemon import REPO, Daemon, base_config
-
-import subprocess
 
 DEVS = ("ra", "rb", "rc")
 
 
 @pytest.fixture
-def trio(tmp_path, broker, signer, model_path):  # noqa: F811
+def trio(tmp_path, broker, signer, model_path):
     ds = {}
     for dev in DEVS:
         t = tmp_path / dev
@@ -43,14 +42,14 @@ def trio(tmp_path, broker, signer, model_path):  # noqa: F811
             d.stop()
 
 
-def release(tmp_path, signer, base, version, **kw):  # noqa: F811
+def release(tmp_path, signer, base, version, **kw):
     target = testmodels.write_model(tmp_path / f"v{version}.tflite", kind="dense", input_shape=(1, 16), outputs=4,
                                     seed=1, version_tag=version, **kw)
     return make_release(keys=[str(signer / "edgeagent.key")], target=target, base=base, model="testmodel",
                         version=version, out_dir=tmp_path / f"rel{version}")
 
 
-def ea(tmp_path, broker, *args, timeout=120):  # noqa: F811
+def ea(tmp_path, broker, *args, timeout=120):
     env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "xdg"))
     return subprocess.run([sys.executable, "-m", "edgeagent", *args, "--broker", f"127.0.0.1:{broker.port}"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
@@ -67,7 +66,7 @@ def wait(pred, timeout=60.0, what=""):
         time.sleep(0.2)
 
 
-def test_canary_detach_pause_resume(tmp_path, broker, signer, model_path, trio):  # noqa: F811
+def test_canary_detach_pause_resume(tmp_path, broker, signer, model_path, trio):
     rel = release(tmp_path, signer, model_path, 2)
     url = f"file://{rel['payload']}"  # refused over MQTT: the canary must refuse, and the rollout halt
     r = ea(tmp_path, broker, "rollout", "start", rel["manifest"], "--group", "lab", "--payload-url", url,
@@ -103,7 +102,7 @@ def test_canary_detach_pause_resume(tmp_path, broker, signer, model_path, trio):
     assert r.returncode == 0 and "rollout c2: complete" in r.stdout and "3 committed" in r.stdout
 
 
-def test_abort_with_rollback_sends_expiring_commands(tmp_path, broker, signer, model_path, trio):  # noqa: F811
+def test_abort_with_rollback_sends_expiring_commands(tmp_path, broker, signer, model_path, trio):
     import http.server
     import threading
     import functools
@@ -139,7 +138,7 @@ def test_abort_with_rollback_sends_expiring_commands(tmp_path, broker, signer, m
         srv.shutdown()
 
 
-def test_a_bad_rollout_document_is_refused_in_one_line_and_changes_nothing(tmp_path, broker, trio):  # noqa: F811
+def test_a_bad_rollout_document_is_refused_in_one_line_and_changes_nothing(tmp_path, broker, trio):
     spy = Peer(broker.port)
     try:
         for junk in (b"{not json", json.dumps({"id": "x", "group": "lab", "state": "running"}).encode()):

@@ -214,6 +214,14 @@ def test_good_rollout_survives_controller_kill_broker_kill_and_a_stopped_device(
         assert row["rollout"] == {"id": rid, "result": "committed", "version": 2}
         assert row["fps"] is not None
         assert fleet.serving(dev) == 2
+    # the live view shows the same fleet
+    r = cli("top", "--mqtt", fleet.broker_arg(fleet.leaf1), "--fleet", "--interval", "2", "--count", "1", "--plain",
+            env=fleet.env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:2] == ["DEVICE", "STATE"] and lines[-1] == "12 device(s), 12 online"
+    assert sorted(ln.split()[0] for ln in lines[1:-1]) == DEVICES
+    assert all(" v2 " in ln and f"{rid}:committed" in ln for ln in lines[1:-1])
     # the tally is not corrupted: each device took the update exactly once, tagged with the rollout
     for dev in DEVICES:
         committed = [ln for ln in fleet.events(dev) if "event update.committed" in ln]

@@ -12,8 +12,7 @@ import time
 import jinja2
 import pytest
 
-from tests.mqtt.test_mqtt_daemon import P, bundle, mqtt_cfg  # noqa: F401  (fixtures below)
-from tests.mqtt.test_mqtt_daemon import broker, peers, signer  # noqa: F401
+from tests.mqtt.test_mqtt_daemon import P, bundle, mqtt_cfg
 
 DISCOVERY = "homeassistant/device/edgeagent_test-dev/config"
 
