@@ -27,10 +27,6 @@ class Device:
     last_seen: float | None = None  # wall time of the last message from it (ours, not its clock)
 
     @property
-    def online(self) -> bool:
-        return self.status.get("state") == "online"
-
-    @property
     def groups(self) -> list[str]:
         g = self.status.get("groups")
         return [x for x in g if isinstance(x, str)] if isinstance(g, list) else []

@@ -157,10 +157,8 @@ class Discovery:
     def publish_state(self) -> None:
         a = self.agent
         up = a.updater
-        cur = getattr(up, "_current", None) if up is not None else None
-        signed = (cur or {}).get("signed") if isinstance(cur, dict) else None
-        installing = signed.get("version") if isinstance(signed, dict) else None
-        st = update_state(a.model_info, up.progress() if up is not None else None, installing)
+        st = update_state(a.model_info, up.progress() if up is not None else None,
+                          up.installing_version() if up is not None else None)
         if st != self._last_state:
             self._last_state = st
             a.transport.publish("update", st, qos=1, retain=True)

@@ -85,8 +85,8 @@ class RolloutFollower:
         elif st is not None and slots.get(st.active) and slots[st.active].version == v \
                 and slots[st.active].status == "good":
             self._set_result("committed")
-        elif any(s.version == v and s.status == "bad" and s.reason != "installing" for s in slots.values()):
-            bad = next(s for s in slots.values() if s.version == v and s.status == "bad")
+        elif (bad := next((s for s in slots.values() if s.version == v and s.status == "bad"
+                           and s.reason != "installing"), None)) is not None:
             self._set_result("rolled_back", reason=bad.reason)
         elif (self.agent.config.state_dir / "staging" / "pending-update.json").exists():
             pass  # the updater resumes it; its events finish the story

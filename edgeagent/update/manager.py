@@ -172,6 +172,12 @@ class UpdateManager:
     def progress(self) -> dict | None:
         return dict(self._progress) if self._progress else None
 
+    def installing_version(self) -> Any:
+        """The version of the update under way (None when there is none, or before its manifest is read)."""
+        cur = self._current
+        signed = cur.get("signed") if cur else None
+        return signed.get("version") if isinstance(signed, dict) else None
+
     def trial_status(self) -> dict | None:
         st = self.store.state()
         if not st or not st.trial:
