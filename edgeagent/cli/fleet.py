@@ -8,7 +8,7 @@ default telemetry interval) for each device's latest figures. `top --fleet` is t
 from __future__ import annotations
 
 import argparse
-import time
+from typing import Any
 
 from edgeagent.cli.common import add_broker_options, add_json, connect, emit_json
 from edgeagent.fleet.view import FleetView, table
@@ -24,14 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_fleet)
 
 
-def watch(client: object, view: FleetView, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        for m in client.drain(min(left, 0.25)):  # type: ignore[attr-defined]
-            view.ingest(m.topic, m.payload)
+def watch(client: Any, view: FleetView, seconds: float) -> None:
+    for m in client.drain(seconds):
+        view.ingest(m.topic, m.payload)
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
