@@ -19,6 +19,7 @@ run: $(VENV)/.installed
 	scripts/run-dev.sh
 
 test: $(VENV)/.installed
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 demo: $(VENV)/.installed

@@ -56,9 +56,6 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def _push(pub: MqttClient, args: argparse.Namespace, envelope: dict, mpath: Path, prefix: str, version: Any) -> int:
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
     tty = sys.stderr.isatty() and not args.json
 
     def say(text: str) -> None:
@@ -89,13 +86,9 @@ def _push(pub: MqttClient, args: argparse.Namespace, envelope: dict, mpath: Path
             tid = f"{(envelope.get('signed') or {}).get('model', 'm')}-{version}-{secrets.token_hex(3)}"
             ann, chunks = announce(data, tid, size)
             cmd_args["transfer"] = ann.to_args()
-    props = None
-    if pub.v5:
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = reply_topic
-        props.CorrelationData = rid.encode()
     # a command still queued (a bridge, a session) after the push gave up must not run later
-    pub.publish(f"{prefix}/cmd", json.dumps({"id": rid, "op": "update", "args": cmd_args}), props=props,
+    pub.publish(f"{prefix}/cmd", json.dumps({"id": rid, "op": "update", "args": cmd_args}),
+                response_topic=reply_topic if pub.v5 else None, correlation=rid.encode() if pub.v5 else None,
                 expiry_s=args.timeout)
     say(f"sent update v{version} to {prefix}/cmd ({args.mode}{f', {len(chunks)} chunks' if chunks else ''})")
     if chunks:

@@ -87,20 +87,16 @@ def cmd_slots(args: argparse.Namespace) -> int:
 
 # -- rollback / commit ------------------------------------------------------------------------
 def _offline_rollback(cfg: Any, reason: str) -> dict:
+    """The same target as the daemon's rollback (state.rules.rollback_target through the store),
+    and the same pre-check: the target's model loads before state changes."""
     from edgeagent.engine.model import Model
 
     store = _store(cfg)
-    st = store.state()
-    if st is None:
-        raise EdgeAgentError("state.no_model", f"{cfg.state_dir}: no state yet")
-    other = "b" if st.active == "a" else "a"
-    info = st.slots.get(other)
-    if info is None or (info.status != "good" and not st.trial) or not store.verify_slot(other):
-        raise EdgeAgentError("state.no_rollback_target", f"slot {other} holds no good model")
+    to = store.rollback_target()
     m = cfg.model
-    Model.load(str(store.slot_path(other)), backend=m.backend, num_threads=m.num_threads).close()
-    frm = st.active
-    st = store.rollback(reason, mark_bad=bool(st.trial))
+    Model.load(str(store.slot_path(to)), backend=m.backend, num_threads=m.num_threads).close()
+    frm = store.state().active
+    st = store.rollback(reason, mark_bad=False)
     return {"slot": st.active, "version": st.slots[st.active].version, "from": frm}
 
 
@@ -243,7 +239,9 @@ def _install_live(cfg: Any, envelope: dict, url: str, bar: _Progress, wait: bool
 
 
 def _install_offline(cfg: Any, envelope: dict, url: str, bar: _Progress) -> dict:
-    from edgeagent.update.installer import Installer, PayloadSource
+    from edgeagent.update.installer import Installer
+    from edgeagent.update.probation import terms_for
+    from edgeagent.update.source import PayloadSource
 
     store = _store(cfg)
     m = cfg.model
@@ -260,12 +258,8 @@ def _install_offline(cfg: Any, envelope: dict, url: str, bar: _Progress) -> dict
         bar.update(p.get("phase", ""), p.get("percent"))
 
     inst = Installer(cfg, store, emit=emit, progress=progress)
-    done = inst.run(envelope, PayloadSource(url=url), frames=[])
-    h = done.manifest.health
-    store.begin_trial(done.slot,
-                      probation_s=h.probation_s if h and h.probation_s is not None else cfg.update.probation_s,
-                      min_inferences=h.min_inferences if h and h.min_inferences is not None else cfg.update.min_inferences,
-                      extra={"baseline_ms": None, "max_latency_ms": h.max_latency_ms if h else None,
-                             "version": done.manifest.version})
-    return {"version": done.manifest.version, "slot": done.slot, "state": "trial", "health": done.health}
-
+    m = inst.check(envelope)
+    done = inst.run(m, PayloadSource(url=url), frames=[])
+    # the same trial record as the live switch (terms_for); `before` is measured at the next start
+    store.begin_trial(done.slot, terms_for(m, cfg.update, expected_ms=done.health.get("latency_ms"), before=None))
+    return {"version": m.version, "slot": done.slot, "state": "trial", "health": done.health}

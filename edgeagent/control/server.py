@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgeagent.control.dispatcher import Dispatcher, parse_request
 from edgeagent.errors import EdgeAgentError
-from edgeagent.service.events import EventBus
+from edgeagent.events import EventBus
 
 log = logging.getLogger("edgeagent.control")
 
@@ -55,8 +55,11 @@ class ControlServer:
             try:
                 probe.settimeout(1.0)
                 probe.connect(str(self.path))
-            except OSError:
+            except (ConnectionRefusedError, FileNotFoundError):
                 self.path.unlink()  # stale socket of a daemon that died
+            except OSError:  # a timeout: a daemon that is busy or hung, but there
+                raise EdgeAgentError("control.in_use", f"{self.path}: another edgeagent daemon holds it "
+                                                       f"and does not answer") from None
             else:
                 raise EdgeAgentError("control.in_use", f"{self.path}: another edgeagent daemon is running")
             finally:
@@ -99,7 +102,11 @@ class ControlServer:
             except OSError:
                 return
             s.settimeout(None)
-            threading.Thread(target=self._serve, args=(s,), name="control-conn", daemon=True).start()
+            try:
+                threading.Thread(target=self._serve, args=(s,), name="control-conn", daemon=True).start()
+            except RuntimeError as e:  # no thread to be had (a pids limit): refuse this one, keep accepting
+                log.error("control: connection refused: %s", e)
+                s.close()
 
     def _serve(self, s: socket.socket) -> None:
         conn = _Conn(s)

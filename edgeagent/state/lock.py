@@ -59,3 +59,34 @@ class StateLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class DaemonLock:
+    """One daemon per state directory: an exclusive flock on state_dir/daemon.lock, held for the
+    daemon's whole life (the kernel releases it when the process dies, however it dies). A second
+    daemon on the same state, whatever its control socket, stops before it touches state.json."""
+
+    def __init__(self, state_dir: str | os.PathLike) -> None:
+        self.path = Path(state_dir) / "daemon.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise StateError("state.in_use", f"{self.path.parent}: another edgeagent daemon (pid {holder}) "
+                                             f"serves this state directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor drops the flock
+            self._fd = None

@@ -15,143 +15,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from edgeagent.errors import StateError
+from edgeagent.state import rules
 from edgeagent.state.atomic import atomic_write_json, copy_durable, sha256_file
 from edgeagent.state.lock import StateLock
+from edgeagent.state.model import SLOTS, STATUSES, BootPlan, SlotInfo, State, now_rfc3339, other
+from edgeagent.state.rules import TrialTerms
+
+__all__ = ["SLOTS", "STATUSES", "BootPlan", "SlotInfo", "SlotStore", "State", "TrialTerms", "other"]
 
 log = logging.getLogger("edgeagent.state")
 
-SLOTS = ("a", "b")
-STATUSES = ("good", "trial", "bad", "empty")
-FORMAT = 1
 ANCHOR_KEEP = 8  # good models remembered in the anchor file
 SLOT_FILE_MODE = 0o444  # a slot's model is never modified in place: it is replaced whole, or not at all
-
-
-def now_rfc3339() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def other(slot: str) -> str:
-    return "b" if slot == "a" else "a"
-
-
-@dataclass
-class SlotInfo:
-    model: str | None = None
-    version: int | None = None
-    sha256: str | None = None
-    size: int | None = None
-    installed_at: str | None = None
-    status: str = "empty"
-    reason: str | None = None
-    health: dict | None = None
-
-
-@dataclass
-class State:
-    active: str = "a"
-    slots: dict = field(default_factory=lambda: {"a": None, "b": None})
-    trial: dict | None = None
-    high_water: dict = field(default_factory=dict)
-    generation: int = 0
-    last_rollback: dict | None = None
-    # starts of the active slot's model since it last served a whole crash window (or stopped
-    # cleanly): {"slot", "sha256", "count"}. RAUC's boot attempts, for committed models.
-    boots: dict | None = None
-    format: int = FORMAT
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["slots"] = {k: (asdict(v) if v is not None else None) for k, v in self.slots.items()}
-        return d
-
-    @classmethod
-    def from_json(cls, d: Any) -> "State":
-        """Field by field, or ValueError: a state file is trusted for paths and decisions, so a
-        list where a table belongs, a slot named "../../x" or a version of "1" is damage, not data."""
-        if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("active") not in SLOTS:
-            raise ValueError("not an edgeagent state file")
-        raw_slots = d.get("slots")
-        if not isinstance(raw_slots, dict) or not set(raw_slots) <= set(SLOTS):
-            raise ValueError("slots: expected a table with keys a and b")
-        slots = {k: _slot_info(raw_slots.get(k), k) for k in SLOTS}
-        trial = d.get("trial")
-        if trial is not None:
-            if not isinstance(trial, dict) or trial.get("slot") not in SLOTS or trial.get("from") not in SLOTS \
-                    or trial["slot"] == trial["from"]:
-                raise ValueError("trial: expected {slot, from} naming the two slots")
-            _int_field(trial, "attempts", "trial", optional=True)
-            _num_field(trial, "probation_s", "trial")
-            _int_field(trial, "min_inferences", "trial", optional=True)
-        hw = d.get("high_water") or {}
-        if not isinstance(hw, dict) or not all(isinstance(k, str) and _is_int(v) and v >= 0 for k, v in hw.items()):
-            raise ValueError("high_water: expected {model: version}")
-        gen = d.get("generation", 0)
-        if not _is_int(gen) or gen < 0:
-            raise ValueError("generation: expected an integer >= 0")
-        lr = d.get("last_rollback")
-        boots = d.get("boots")
-        if boots is not None and (not isinstance(boots, dict) or boots.get("slot") not in SLOTS
-                                  or not _is_int(boots.get("count", 0))):
-            boots = None  # bookkeeping only: forget it rather than refuse the file
-        return cls(active=d["active"], slots=slots, trial=trial, high_water=dict(hw), generation=gen,
-                   last_rollback=lr if isinstance(lr, dict) else None, boots=boots)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _int_field(d: dict, k: str, where: str, optional: bool = True) -> None:
-    v = d.get(k)
-    if v is None and optional:
-        return
-    if not _is_int(v) or v < 0:
-        raise ValueError(f"{where}.{k}: expected an integer >= 0")
-
-
-def _num_field(d: dict, k: str, where: str) -> None:
-    v = d.get(k)
-    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 10**9):
-        raise ValueError(f"{where}.{k}: expected a number")
-
-
-_SLOT_STR = ("model", "sha256", "installed_at", "reason")
-
-
-def _slot_info(v: Any, name: str) -> SlotInfo | None:
-    if v is None:
-        return None
-    if not isinstance(v, dict):
-        raise ValueError(f"slots.{name}: expected a table")
-    for k in _SLOT_STR:
-        if v.get(k) is not None and not isinstance(v[k], str):
-            raise ValueError(f"slots.{name}.{k}: expected a string")
-    for k in ("version", "size"):
-        _int_field(v, k, f"slots.{name}")
-    sha = v.get("sha256")
-    if sha is not None and not (len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
-        raise ValueError(f"slots.{name}.sha256: expected 64 hex digits")
-    if v.get("status", "empty") not in STATUSES:
-        raise ValueError(f"slots.{name}.status: expected one of {', '.join(STATUSES)}")
-    if v.get("health") is not None and not isinstance(v["health"], dict):
-        raise ValueError(f"slots.{name}.health: expected a table")
-    return SlotInfo(**{f: v[f] for f in SlotInfo.__dataclass_fields__ if f in v})
-
-
-@dataclass
-class BootPlan:
-    slot: str
-    path: Path
-    info: SlotInfo
-    trial: dict | None
-    events: list = field(default_factory=list)
 
 
 class SlotStore:
@@ -295,29 +174,14 @@ class SlotStore:
         return st
 
     def _count_boot(self, st: State, max_crashes: int, events: list) -> None:
-        """A committed model that keeps ending in a crash or a watchdog restart is rolled back
-        while the other slot still holds the good model it replaced (RAUC's boot attempts).
-        A start counts until the model has served a whole crash window or stopped cleanly."""
-        cur = st.slots.get(st.active)
-        b = st.boots or {}
-        same = b.get("slot") == st.active and cur is not None and b.get("sha256") == cur.sha256
-        count = int(b.get("count", 0)) + 1 if same else 1
-        crashes = count - 1
         alt = other(st.active)
-        alt_info = st.slots.get(alt)
-        if crashes >= max_crashes and alt_info is not None and alt_info.status == "good" and self.verify_slot(alt, st):
-            reason = f"crash_loop: {crashes} unclean restart(s) of this model before it served a whole crash window"
-            frm = st.active
-            cur.status, cur.reason = "bad", reason
-            st.active = alt
-            st.last_rollback = {"from": frm, "to": alt, "reason": reason, "at": now_rfc3339()}
-            events.append({"event": "update.rolled_back", "version": cur.version, "to_version": alt_info.version,
-                           "slot": alt, "reason": reason, "automatic": True})
-            count = 1
-        elif crashes >= max_crashes:
+        alt_ok = st.slots.get(alt) is not None and st.slots[alt].status == "good" and self.verify_slot(alt, st)
+        event, stuck = rules.count_boot(st, max_crashes, alt_verifies=alt_ok)
+        if event is not None:
+            events.append(event)
+        elif stuck:
             log.error("slot %s crashed %d times in a row and the other slot holds no good model to go back to",
-                      st.active, crashes)
-        st.boots = {"slot": st.active, "sha256": (st.slots.get(st.active) or SlotInfo()).sha256, "count": count}
+                      st.active, max_crashes)
 
     def confirm_boot(self) -> None:
         """The active model served a whole crash window (or stopped cleanly): its starts so far
@@ -349,18 +213,9 @@ class SlotStore:
                 events.append({"event": "state.seeded", "slot": "a", "version": initial_version})
                 self._write(st)
             if st.trial:
-                t = st.trial
-                t["attempts"] = int(t.get("attempts", 0)) + 1
-                if t["attempts"] > max_attempts:
-                    bad = st.slots.get(t["slot"])
-                    reason = f"trial.restart_limit: {t['attempts'] - 1} restart(s) during probation"
-                    if bad is not None:
-                        bad.status, bad.reason = "bad", reason
-                    st.active = t["from"]
-                    st.trial = None
-                    st.last_rollback = {"from": t["slot"], "to": st.active, "reason": reason, "at": now_rfc3339()}
-                    events.append({"event": "update.rolled_back", "version": bad.version if bad else None,
-                                   "reason": reason, "slot": st.active})
+                ev = rules.count_trial_start(st, max_attempts)
+                if ev is not None:
+                    events.append(ev)
             else:
                 self._count_boot(st, max_crashes, events)
             self._write(st)  # the attempt is counted before the model is loaded
@@ -414,24 +269,9 @@ class SlotStore:
 
         return self._transition(change)
 
-    def begin_trial(self, slot: str, *, probation_s: float, min_inferences: int, extra: dict | None = None) -> State:
-        """One write: the slot becomes active on trial. The high-water version rises here, so a
-        replayed older manifest is refused while the new model is on trial."""
-        def change(st: State) -> None:
-            info = st.slots.get(slot)
-            if info is None or not info.sha256:
-                raise StateError("state.slot_empty", f"slot {slot} holds no installed model")
-            if slot == st.active:
-                raise StateError("state.slot_active", f"slot {slot} is already active")
-            st.trial = {"slot": slot, "from": st.active, "started_at": now_rfc3339(), "attempts": 0,
-                        "probation_s": probation_s, "min_inferences": min_inferences, **(extra or {})}
-            info.status, info.reason = "trial", None
-            st.active = slot
-            st.boots = {"slot": slot, "sha256": info.sha256, "count": 1}  # this run is the model's first start
-            if info.model and info.version is not None:
-                st.high_water[info.model] = max(int(st.high_water.get(info.model, 0)), int(info.version))
-
-        return self._transition(change)
+    def begin_trial(self, slot: str, terms: TrialTerms) -> State:
+        """One write: the slot becomes active on trial (rules.begin_trial)."""
+        return self._transition(lambda st: rules.begin_trial(st, slot, terms))
 
     def commit(self) -> State:
         def change(st: State) -> None:
@@ -443,21 +283,20 @@ class SlotStore:
 
         return self._transition(change)
 
+    def rollback_target(self, st: State | None = None) -> str:
+        """Where a rollback would go now (rules.rollback_target), its model's hash checked."""
+        st = st or self.state()
+        if st is None:
+            raise StateError("state.no_model", f"{self.dir}: no state yet")
+        to = rules.rollback_target(st)
+        if not self.verify_slot(to, st):
+            raise StateError("state.no_rollback_target", f"slot {to} holds no good model (does not verify)")
+        return to
+
     def rollback(self, reason: str, *, mark_bad: bool) -> State:
-        """Switch to the other slot if its model verifies. A trial slot becomes bad with the reason."""
+        """Switch to the rollback target if its model verifies. A trial slot becomes bad with the reason."""
         def change(st: State) -> None:
-            frm = st.active
-            to = st.trial["from"] if st.trial else other(frm)
-            info = st.slots.get(to)
-            if info is None or info.status not in ("good", "trial") or not self.verify_slot(to, st):
-                raise StateError("state.no_rollback_target", f"slot {to} holds no good model that verifies")
-            cur = st.slots.get(frm)
-            if cur is not None and (mark_bad or st.trial):
-                cur.status, cur.reason = "bad", reason
-            st.trial = None
-            st.active = to
-            st.last_rollback = {"from": frm, "to": to, "reason": reason, "at": now_rfc3339()}
-            st.boots = {"slot": to, "sha256": info.sha256, "count": 1}
+            rules.apply_rollback(st, self.rollback_target(st), reason, mark_bad=mark_bad)
 
         return self._transition(change)
 

@@ -14,27 +14,55 @@ that would wear an SD card every few seconds for a file the next interval rewrit
 from __future__ import annotations
 
 import logging
+import socket
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import threading
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 log = logging.getLogger("edgeagent.metrics")
 
 # seconds: 0.5 ms (a small model on a Pi 5) to 10 s (a big one on a Pi Zero)
+MAX_CONNECTIONS = 8
+IDLE_TIMEOUT_S = 5.0
+
 BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BOUNDS_MS = np.array(BUCKETS_S) * 1e3
 UPDATE_RESULTS = {"update.committed": "committed", "update.rolled_back": "rolled_back",
                   "update.rejected": "rejected", "rollback": "manual_rollback"}
 
 
-class AgentMetrics:
-    """A prometheus_client collector over the agent (registered in its own registry)."""
+class Readings(Protocol):
+    """What the exporter reads of the running daemon (service.agent.Agent provides it)."""
 
-    def __init__(self, agent: Any) -> None:
+    started_at: float
+
+    @property
+    def loop(self) -> Any: ...  # runtime.loop.InferenceLoop, None before it starts
+
+    @property
+    def model_info(self) -> dict: ...
+
+    @property
+    def last_telemetry(self) -> dict | None: ...
+
+    @property
+    def mqtt(self) -> Any: ...  # the transport (connected, reconnects), None without MQTT
+
+
+class Subscribable(Protocol):
+    def subscribe(self, sink: Callable[[dict], None]) -> Callable[[], None]: ...
+
+
+class AgentMetrics:
+    """A prometheus_client collector over the daemon's readings (registered in its own registry)."""
+
+    def __init__(self, source: Readings, events: Subscribable) -> None:
         from prometheus_client import CollectorRegistry
 
-        self.agent = agent
+        self.source = source
         self.registry = CollectorRegistry(auto_describe=False)
         self._lock = threading.Lock()
         self._buckets = np.zeros(len(BUCKETS_S) + 1, dtype=np.int64)  # the last one is +Inf
@@ -44,7 +72,7 @@ class AgentMetrics:
         self._updates = {v: 0 for v in UPDATE_RESULTS.values()}
         self._server: Any = None
         self.registry.register(self)
-        agent.events.subscribe(self._on_event)
+        events.subscribe(self._on_event)
 
     def _on_event(self, ev: dict) -> None:
         name = UPDATE_RESULTS.get(ev.get("event", ""))
@@ -54,7 +82,7 @@ class AgentMetrics:
 
     def sample(self) -> None:
         """Move the frames since the last call into the histogram (main loop, ≥ twice a second)."""
-        loop = self.agent.loop
+        loop = self.source.loop
         if loop is None:
             return
         with self._lock:
@@ -71,7 +99,7 @@ class AgentMetrics:
         from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                             InfoMetricFamily)
 
-        a = self.agent
+        a = self.source
         loop = a.loop
         t = a.last_telemetry or {}
         m = a.model_info or {}
@@ -128,7 +156,7 @@ class AgentMetrics:
         for k, v in updates.items():
             u.add_metric([k], v)
         yield u
-        tr = a.transport
+        tr = a.mqtt
         if tr is not None:
             yield GaugeMetricFamily("edgeagent_mqtt_connected", "1 while connected to the broker",
                                     value=1.0 if tr.connected else 0.0)
@@ -144,10 +172,14 @@ class AgentMetrics:
             log.warning("metrics: cannot write %s: %s", path, e)
 
     def serve(self, listen: str) -> None:
-        from prometheus_client import start_http_server
+        """/metrics on its own small server: at most MAX_CONNECTIONS at once, each dropped after
+        IDLE_TIMEOUT_S of silence (prometheus-client's own server starts a thread per connection,
+        uncapped: 1,500 idle connections were 1,510 threads)."""
+        from prometheus_client import make_wsgi_app
 
         host, _, port = listen.rpartition(":")
-        self._server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        self._server = capped_server(host.strip("[]"), int(port), make_wsgi_app(self.registry))
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
         log.info("metrics: serving http://%s/metrics", listen)
 
     def stop(self) -> None:
@@ -157,3 +189,44 @@ class AgentMetrics:
             self._server = None
 
 
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = IDLE_TIMEOUT_S  # a connection that says nothing for this long is closed
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+class _CappedServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1  # full: this one is closed at once, the scraper retries
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:  # no thread to be had
+            self._slots.release()
+            self.refused += 1
+            self.shutdown_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def capped_server(host: str, port: int, app: Any) -> WSGIServer:
+    class Server(_CappedServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    return make_server(host, port, app, Server, handler_class=_QuietHandler)

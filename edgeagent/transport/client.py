@@ -85,19 +85,26 @@ class MqttClient:
         self._subs.append((topic, qos))
         self.c.subscribe(topic, qos=qos)
 
-    def publish(self, topic: str, payload: bytes | str, *, props: Any = None, qos: int = 1, retain: bool = False,
-                expiry_s: float | None = None, timeout: float = 30.0) -> None:
+    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
+                expiry_s: float | None = None, response_topic: str | None = None,
+                correlation: bytes | None = None, timeout: float = 30.0) -> None:
         """Publish and wait until the broker has it; across one reconnect at most.
 
-        expiry_s: MQTT 5 Message Expiry. A command waiting in a bridge's or a session's queue
-        is dropped by the broker once it is older than this, instead of being run on reconnect."""
-        if expiry_s is not None and self.v5:
+        MQTT 5 properties (ignored on 3.1.1): expiry_s is Message Expiry, so a command waiting in
+        a bridge's or a session's queue is dropped by the broker once it is older than this
+        instead of being run on reconnect; response_topic and correlation route the reply."""
+        props = None
+        if self.v5 and (expiry_s is not None or response_topic or correlation is not None):
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
-            if props is None:
-                props = Properties(PacketTypes.PUBLISH)
-            props.MessageExpiryInterval = max(1, int(expiry_s))
+            props = Properties(PacketTypes.PUBLISH)
+            if expiry_s is not None:
+                props.MessageExpiryInterval = max(1, int(expiry_s))
+            if response_topic:
+                props.ResponseTopic = response_topic
+            if correlation is not None:
+                props.CorrelationData = correlation
         for attempt in (1, 2):
             try:
                 info = self.c.publish(topic, payload, qos=qos, retain=retain, properties=props)

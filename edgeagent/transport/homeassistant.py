@@ -19,7 +19,7 @@ import json
 import logging
 import queue
 import re
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("edgeagent.homeassistant")
 
@@ -105,17 +105,36 @@ def update_state(model: dict, progress: dict | None, installing: Any) -> dict:
     return out
 
 
+class Source(Protocol):
+    """What discovery reads of the running daemon (service.agent.Agent provides it)."""
+
+    @property
+    def model_info(self) -> dict: ...
+
+    @property
+    def last_telemetry(self) -> dict | None: ...
+
+    def thermal_zones(self) -> list[str]: ...
+
+    def update_progress(self) -> dict | None: ...
+
+    def installing_version(self) -> Any: ...
+
+
 class Discovery:
     """Publishes discovery and the update state through the daemon's transport."""
 
-    def __init__(self, agent: Any) -> None:
-        self.agent = agent
-        self.prefix = agent.config.homeassistant.prefix
+    def __init__(self, source: Source, transport: Any, *, prefix: str, device_id: str, topic_prefix: str) -> None:
+        self.source = source
+        self.transport = transport  # transport.mqtt.MqttTransport
+        self.prefix = prefix
+        self.device_id = device_id
+        self.topic_prefix = topic_prefix
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._last_state: dict | None = None
 
-    def attach(self, transport: Any) -> None:
-        transport.watch(f"{self.prefix}/status", self._on_ha_status)
+    def attach(self) -> None:
+        self.transport.watch(f"{self.prefix}/status", self._on_ha_status)
 
     def _on_ha_status(self, payload: bytes) -> None:  # paho's thread: enqueue only
         if payload.strip().lower() == b"online":
@@ -134,8 +153,7 @@ class Discovery:
                 announce = True
             except queue.Empty:
                 break
-        t = self.agent.transport
-        if t is None or not t.connected:
+        if not self.transport.connected:
             return
         if announce:
             self.publish_discovery()
@@ -143,22 +161,19 @@ class Discovery:
         self.publish_state()
 
     def publish_discovery(self) -> None:
-        a = self.agent
-        zones = list(((a.last_telemetry or {}).get("thermal") or {}).keys()) or \
-            [z for z, _ in getattr(getattr(a.telemetry, "thermal", None), "zones", [])]
+        a = self.source
+        zones = list(((a.last_telemetry or {}).get("thermal") or {}).keys()) or a.thermal_zones()
         from edgeagent import __version__
 
-        doc = discovery_payload(device_id=a.config.device_id, topic_prefix=a.config.topic_prefix,
+        doc = discovery_payload(device_id=self.device_id, topic_prefix=self.topic_prefix,
                                 agent_version=__version__, model=a.model_info, thermal_zones=zones)
-        a.transport.publish_topic(discovery_topic(self.prefix, a.config.device_id),
-                                  json.dumps(doc, separators=(",", ":")).encode(), qos=1, retain=True)
+        self.transport.publish_topic(discovery_topic(self.prefix, self.device_id),
+                                     json.dumps(doc, separators=(",", ":")).encode(), qos=1, retain=True)
         log.info("home assistant: discovery published (%d entities)", len(doc["cmps"]))
 
     def publish_state(self) -> None:
-        a = self.agent
-        up = a.updater
-        st = update_state(a.model_info, up.progress() if up is not None else None,
-                          up.installing_version() if up is not None else None)
+        a = self.source
+        st = update_state(a.model_info, a.update_progress(), a.installing_version())
         if st != self._last_state:
             self._last_state = st
-            a.transport.publish("update", st, qos=1, retain=True)
+            self.transport.publish("update", st, qos=1, retain=True)

@@ -24,14 +24,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from edgeagent.config import MqttConfig
 from edgeagent.errors import ConfigError
-from edgeagent.transport.topics import Chunk, RolloutDoc, reply_topic_ok, route
+from edgeagent.transport import replies
+from edgeagent.transport.replies import takeover_hint
+from edgeagent.transport.topics import Chunk, RolloutDoc, route
 
 log = logging.getLogger("edgeagent.mqtt")
+
+# QoS 0 messages (outputs, telemetry) are dropped, and counted, once this many bytes wait for the
+# socket: a broker that stops reading must not grow the daemon's memory without bound.
+MAX_BACKLOG_BYTES = 4 << 20
 
 OnCommand = Callable[[bytes, Callable[[dict], None]], None]
 OnChunk = Callable[[str, int, bytes], None]
@@ -66,6 +69,7 @@ class MqttTransport:
         self.reconnects = 0
         self.thread_restarts = 0  # the network thread survived an exception (or was restarted)
         self.refused = 0  # messages refused: too large, bad topic, bad reply topic
+        self.backlog_dropped = 0  # QoS 0 messages dropped while the socket's backlog was full
         self.last_error: str | None = None
         self._birth_model: dict = {}
         self._stop = threading.Event()
@@ -103,6 +107,10 @@ class MqttTransport:
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
         c.max_queued_messages_set(0)
+        # Every socket write on the network thread: without this callback paho writes the socket
+        # on whichever thread publishes (we drive loop() ourselves), so a broker that stops
+        # reading could stall the publisher. With it, publish only queues and wakes loop().
+        c.on_socket_register_write = lambda client, userdata, sock: None
         return c
 
     def watch(self, topic: str, callback: Callable[[bytes], None]) -> None:
@@ -116,10 +124,9 @@ class MqttTransport:
         self._thread.start()
 
     def stop(self, reason: str = "shutdown", timeout: float = 5.0) -> None:
-        self._stop.set()
         with self._lock:
             connected = self._connected
-        if connected:
+        if connected:  # sent by the network thread, which runs until _stop is set below
             try:
                 info = self._client.publish(f"{self.prefix}/status", _dumps({"state": "offline", "reason": reason,
                                                                              "device": self.device_id, "groups": self.groups,
@@ -127,6 +134,8 @@ class MqttTransport:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError) as e:
                 log.warning("mqtt: could not publish the offline status: %s", e)
+        self._stop.set()
+        if connected:
             self._client.disconnect()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -249,22 +258,9 @@ class MqttTransport:
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if not self._stop.is_set():
-            log.warning("mqtt: disconnected (%s)%s", rc, self._takeover_hint(rc))
+            log.warning("mqtt: disconnected (%s)%s", rc, takeover_hint(rc, self._connected_at, self._quick_drops,
+                                                                        self.client_id))
         self._set_connected(False, str(rc))
-
-    def _takeover_hint(self, rc: Any) -> str:
-        """A broker drops a client when another connects with the same client id: two daemons
-        with one device id take the connection from each other in a loop that MQTT 3.1.1 reports
-        only as 'Unspecified error'. Say so when it is named (MQTT 5: Session taken over) or when
-        the connection keeps dropping within seconds of being made."""
-        now = time.monotonic()
-        if self._connected_at and now - self._connected_at < 10:
-            self._quick_drops.append(now)
-        repeated = len(self._quick_drops) >= 2 and now - self._quick_drops[0] < 120
-        if "taken over" in str(rc).lower() or repeated:
-            return (f"; another client may be using the client id {self.client_id!r} (two daemons with the "
-                    f"same device.id, or mqtt.client_id, take the connection from each other)")
-        return ""
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -323,48 +319,14 @@ class MqttTransport:
 
     def _reply_fn(self, msg: mqtt.MQTTMessage) -> tuple[Callable[[dict], None], str | None]:
         """The function that answers this message, and why its Response Topic was refused (if it was)."""
-        topic = f"{self.prefix}/cmd/reply"
-        props = None
-        why = None
-        p = getattr(msg, "properties", None)
-        asked = getattr(p, "ResponseTopic", None) if self.v5 and p is not None else None
-        if asked:
-            why = reply_topic_ok(self.prefix, asked)
-            if why is None:
-                topic = asked
-                props = Properties(PacketTypes.PUBLISH)
-                if getattr(p, "CorrelationData", None) is not None:
-                    props.CorrelationData = p.CorrelationData
-
-        def reply(obj: dict) -> None:
-            self._send(topic, _dumps(obj), self.cfg.qos, False, props)
-
-        corr = getattr(props, "CorrelationData", None) if props is not None else None
-        reply.route = {"topic": topic, "correlation": bytes(corr).hex() if corr else None}  # type: ignore[attr-defined]
-        return reply, why
+        return replies.for_message(msg, prefix=self.prefix, v5=self.v5, send=self._send_reply)
 
     def reply_to(self, route_: dict | None) -> Callable[[dict], None] | None:
         """A reply function for a remembered route (a resumed update answers its original request)."""
-        if not isinstance(route_, dict) or not isinstance(route_.get("topic"), str):
-            return None
-        topic = route_["topic"]
-        if reply_topic_ok(self.prefix, topic) is not None:
-            return None
-        props = None
-        corr = route_.get("correlation")
-        if self.v5 and topic != f"{self.prefix}/cmd/reply":
-            props = Properties(PacketTypes.PUBLISH)
-            if isinstance(corr, str):
-                try:
-                    props.CorrelationData = bytes.fromhex(corr)
-                except ValueError:
-                    pass
+        return replies.for_route(route_, prefix=self.prefix, v5=self.v5, send=self._send_reply)
 
-        def reply(obj: dict) -> None:
-            self._send(topic, _dumps(obj), self.cfg.qos, False, props)
-
-        reply.route = dict(route_)
-        return reply
+    def _send_reply(self, topic: str, obj: dict, props: Any) -> None:
+        self._send(topic, _dumps(obj), self.cfg.qos, False, props)
 
     def _birth(self) -> bytes:
         return _dumps({"state": "online", "device": self.device_id, "groups": self.groups, "agent": self.agent_version,
@@ -372,6 +334,9 @@ class MqttTransport:
 
     # -- publishing (any thread, never blocks) -------------------------------------------------
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool, props: Any = None) -> None:
+        if qos == 0 and not retain and self._backlog_bytes() + len(payload) > MAX_BACKLOG_BYTES:
+            self.backlog_dropped += 1  # the broker is not reading: fire-and-forget data waits for nobody
+            return
         if self._connected:  # (read without the lock: paho must not be called under it)
             try:
                 info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
@@ -388,6 +353,13 @@ class MqttTransport:
                 self._dropped += 1
                 self._dropped_total += 1
             self._outbox.append((topic, payload, qos, retain, props))
+
+    def _backlog_bytes(self) -> int:
+        """Bytes paho holds for the socket (its queue is only ever appended to and popped)."""
+        pending = self._client._out_packet
+        if len(pending) < 8:
+            return 0
+        return sum(p["to_process"] for p in list(pending))
 
     def publish_topic(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish outside the device's prefix (Home Assistant's discovery topic); never blocks."""
@@ -424,4 +396,5 @@ class MqttTransport:
     def stats(self) -> dict:
         return {"connected": self._connected, "queued": len(self._outbox), "dropped": self._dropped_total,
                 "reconnects": self.reconnects, "thread_restarts": self.thread_restarts, "refused": self.refused,
+                "backlog_dropped": self.backlog_dropped,
                 "last_error": self.last_error}

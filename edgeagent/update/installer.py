@@ -1,7 +1,7 @@
-"""The install pipeline, as RAUC's named steps: check, fetch, write, verify, health.
+"""The install pipeline, as RAUC's named steps: check, plan, fetch, write and verify, health.
 
 Shared by the live daemon (an `update` command over MQTT or the control socket) and the offline
-CLI (`edgeagent install` with no daemon): both go through `Installer.run`, so a factory
+CLI (`edgeagent install` with no daemon): both call `check` once and then `run`, so a factory
 provisioning run exercises the exact code a fleet update does. Nothing is written to a slot
 before the manifest and the payload verify, and never to the active slot; the target slot is
 marked bad ("installing") before the first byte lands (RAUC: mark the target bad first).
@@ -27,10 +27,10 @@ from edgeagent.update import health as health_mod
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.cancel import NEVER, Cancel
 from edgeagent.update.fetch import fetch_to_staging
-from edgeagent.update.transfer import Announce
 from edgeagent.update.keys import load_trusted_keys
 from edgeagent.update.manifest import Manifest, verify_envelope
 from edgeagent.update.patch import apply_delta, copy_full
+from edgeagent.update.source import PayloadSource, TransferReceiver
 from edgeagent.update.staging import Staging
 
 log = logging.getLogger("edgeagent.update")
@@ -39,46 +39,12 @@ Emit = Callable[..., Any]
 
 
 @dataclass(frozen=True)
-class PayloadSource:
-    """Where the payload comes from: exactly one of url, b64, transfer."""
+class Plan:
+    """Where the update goes and what it needs: the target slot (never the active one) and the
+    bytes it will write (payload in staging, target in the slot, the health check's frames)."""
 
-    url: str | None = None
-    b64: str | None = None
-    transfer: Announce | None = None
-
-    @classmethod
-    def from_args(cls, args: dict, *, allow_file: bool = True) -> "PayloadSource":
-        """allow_file: False for updates that came over MQTT (unless update.allow_file_urls), so no
-        message can make the daemon open a local path."""
-        given = [k for k in ("payload_url", "payload_b64", "transfer") if args.get(k) is not None]
-        if len(given) != 1:
-            raise CommandError("cmd.bad_args", "args: give exactly one of payload_url, payload_b64, transfer")
-        if given[0] == "payload_url":
-            url = args["payload_url"]
-            scheme = url.split(":", 1)[0].lower() if isinstance(url, str) else None
-            if scheme not in ("http", "https", "file") or len(url) > 8192:
-                raise CommandError("cmd.bad_args", "args.payload_url: must be an http, https or file URL")
-            if scheme == "file" and not allow_file:
-                raise UpdateRejected("update.url_refused", "args.payload_url: file:// URLs are not accepted over MQTT "
-                                                           "(update.allow_file_urls = false)")
-            return cls(url=url)
-        if given[0] == "payload_b64":
-            if not isinstance(args["payload_b64"], str):
-                raise CommandError("cmd.bad_args", "args.payload_b64: must be a base64 string")
-            return cls(b64=args["payload_b64"])
-        return cls(transfer=Announce.from_args(args["transfer"]))
-
-    @property
-    def transfer_id(self) -> str | None:
-        return self.transfer.id if self.transfer else None
-
-    def to_args(self) -> dict:
-        if self.url:
-            return {"payload_url": self.url}
-        if self.b64 is not None:
-            return {"payload_b64": self.b64}
-        assert self.transfer is not None
-        return {"transfer": self.transfer.to_args()}
+    slot: str
+    need_bytes: int
 
 
 @dataclass
@@ -97,7 +63,7 @@ class Installer:
         *,
         emit: Emit,
         progress: Callable[[dict], None] | None = None,
-        wait_transfer: Callable[[Any, Manifest], Path] | None = None,
+        receiver: TransferReceiver | None = None,
         clock: Callable[[], Any] = utcnow,
         cancel: Cancel = NEVER,
         deadline: float | None = None,
@@ -111,14 +77,14 @@ class Installer:
         self.staging = Staging(cfg.state_dir)
         self.emit = emit
         self._progress = progress or (lambda p: None)
-        self._wait_transfer = wait_transfer
+        self._receiver = receiver
 
     def phase(self, phase: str, percent: float | None = None, **extra: Any) -> None:
         p = {"phase": phase, **({"percent": round(percent, 1)} if percent is not None else {}), **extra}
         self._progress(p)
 
-    # -- step 1: check ----------------------------------------------------------------------
-    def check(self, envelope: Any, extra_bytes: int = 0) -> Manifest:
+    # -- step 1: check (once: the manifest is verified here and nowhere else) -----------------
+    def check(self, envelope: Any) -> Manifest:
         ucfg = self.cfg.update
         trusted = load_trusted_keys(list(ucfg.trusted_keys))
         st = self.store.state()
@@ -138,19 +104,24 @@ class Installer:
                                      f"delta base {m.base.sha256[:12]} (v{m.base.version}) is not the active model ({have})")
         if m.payload.size > ucfg.max_payload_bytes:
             raise UpdateRejected("update.too_large", f"payload {m.payload.size} bytes > max_payload_bytes {ucfg.max_payload_bytes}")
-        # room for everything the update writes: the payload in staging (less what a resumed
-        # download already holds), the target in the slot, the health check's frames file
-        # (extra_bytes), with 1 MiB to spare
+        return m
+
+    # -- step 2: plan -------------------------------------------------------------------------
+    def plan(self, m: Manifest, frames: list[np.ndarray]) -> Plan:
+        """The target slot and room for everything the update writes: the payload in staging
+        (less what a resumed download already holds), the target in the slot, the health check's
+        frames file, with 1 MiB to spare."""
         held = 0
         for p in (self.staging.part_path(m.payload.sha256), self.staging.payload_path(m.payload.sha256)):
             try:
                 held += p.lstat().st_size
             except OSError:
                 pass
-        self.staging.check_space(max(0, m.payload.size - held) + m.target.size + extra_bytes + (1 << 20))
-        return m
+        need = max(0, m.payload.size - held) + m.target.size + health_mod.frames_file_bytes(frames) + (1 << 20)
+        self.staging.check_space(need)
+        return Plan(self.store.inactive_slot(), need)
 
-    # -- step 2: fetch ----------------------------------------------------------------------
+    # -- step 3: fetch ----------------------------------------------------------------------
     def fetch(self, m: Manifest, src: PayloadSource) -> Path:
         dest = self.staging.payload_path(m.payload.sha256)
         if dest.exists():
@@ -174,14 +145,19 @@ class Installer:
             except (binascii.Error, ValueError):
                 raise UpdateRejected("update.malformed", "payload_b64: not valid base64") from None
             return self.staging.store_bytes(data, expected_size=m.payload.size, expected_sha256=m.payload.sha256)
-        if self._wait_transfer is None:
+        if self._receiver is None or src.transfer is None:
             raise CommandError("cmd.bad_args", "args.transfer: chunked transfer needs the MQTT transport")
-        return self._wait_transfer(src, m)
+        u = self.cfg.update
+        return self._receiver.receive(src.transfer, m, staging=self.staging, max_chunk=self.cfg.mqtt.max_message_bytes,
+                                      stall_s=u.download_stall_s, cancel=self.cancel,
+                                      deadline=self.deadline if self.deadline is not None
+                                      else time.monotonic() + u.download_deadline_s,
+                                      emit=self.emit, progress=self._progress)
 
-    # -- steps 3-5: write, verify, health ---------------------------------------------------
-    def write(self, m: Manifest, payload: Path) -> tuple[str, Path]:
+    # -- steps 4-5: write and verify, health --------------------------------------------------
+    def write(self, m: Manifest, plan: Plan, payload: Path) -> tuple[str, Path]:
         st = self.store.state()
-        slot = self.store.inactive_slot()
+        slot = plan.slot
         target = self.store.prepare_target(slot)  # marks the slot bad("installing") first
         self.phase("write", 0.0, slot=slot)
         if m.kind == "delta":
@@ -209,17 +185,17 @@ class Installer:
         return health_mod.check(req, frames, timeout_s=self.cfg.update.health_timeout_s,
                                 workdir=self.staging.dir, cancel=self.cancel)
 
-    def run(self, envelope: Any, src: PayloadSource, frames: list[np.ndarray]) -> Installed:
-        """check -> fetch -> verify -> write -> verify target -> health. Raises on refusal."""
+    def run(self, m: Manifest, src: PayloadSource, frames: list[np.ndarray]) -> Installed:
+        """plan -> fetch (verified) -> write and verify the target -> health, for a manifest that
+        `check` verified. Raises on refusal."""
         t0 = time.monotonic()
-        self.phase("check")
-        m = self.check(envelope, extra_bytes=health_mod.frames_file_bytes(frames))
+        plan = self.plan(m, frames)
         self.emit("update.received", version=m.version, kind=m.kind, payload_size=m.payload.size)
         self.cancel.check()
         payload = self.fetch(m, src)
         self.cancel.check()
         self.emit("update.verified", version=m.version, sha256=m.payload.sha256)
-        slot, target = self.write(m, payload)
+        slot, target = self.write(m, plan, payload)
         self.emit("update.applied", version=m.version, slot=slot, sha256=m.target.sha256)
         self.cancel.check()
         res = self.health(m, target, frames)
@@ -234,4 +210,3 @@ class Installer:
         log.info("v%s installed in slot %s in %.1f s (health: %s ms vs %s ms)", m.version, slot,
                  time.monotonic() - t0, res.latency_ms, res.baseline_ms)
         return Installed(m, slot, target, hdict)
-

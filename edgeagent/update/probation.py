@@ -14,6 +14,9 @@ so it is tested without threads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from edgeagent.state.rules import TrialTerms
 
 # Latency and agreement are judged on at least this many pairs: one slow frame (a page fault,
 # a GC pause, a lost scheduler slice) cannot roll a good model back.
@@ -97,3 +100,25 @@ def stall_limit_s(frame_s: float, watchdog_s: float | None) -> float:
     the model's own frame time, acted on before systemd's watchdog (half its period) fires."""
     cap = watchdog_s / 2 if watchdog_s else STALL_MAX_S
     return round(min(max(STALL_MIN_S, STALL_FRAMES * frame_s), cap), 3)
+
+
+def terms_for(m: Any, ucfg: Any, *, expected_ms: float | None, before: dict | None) -> TrialTerms:
+    """What a trial of manifest `m` is judged by: the manifest's signed health overrides, else
+    the device's [update] settings. The live switch and the offline install both build the
+    trial record from this, so the two cannot drift apart."""
+    h = m.health
+    pick = (lambda v, d: v if v is not None else d)
+    return TrialTerms(probation_s=float(pick(h.probation_s if h else None, ucfg.probation_s)),
+                      min_inferences=int(pick(h.min_inferences if h else None, ucfg.min_inferences)),
+                      version=m.version, max_latency_ms=h.max_latency_ms if h else None,
+                      min_agreement_pct=h.min_agreement_pct if h else None, expected_ms=expected_ms, before=before)
+
+
+def limits_for(terms: TrialTerms | dict, ucfg: Any, stall_s: float) -> Limits:
+    """The judge's limits for a trial, from its terms (or its record in state.json after a restart)."""
+    t = terms if isinstance(terms, dict) else vars(terms)
+    return Limits(probation_s=float(t.get("probation_s") if t.get("probation_s") is not None else ucfg.probation_s),
+                  min_inferences=int(t.get("min_inferences") if t.get("min_inferences") is not None
+                                     else ucfg.min_inferences),
+                  max_latency_factor=ucfg.max_latency_factor, max_latency_ms=t.get("max_latency_ms"),
+                  min_agreement_pct=t.get("min_agreement_pct"), stall_s=stall_s)

@@ -13,7 +13,7 @@ import pytest
 
 from edgeagent.errors import StateError
 from edgeagent.state.atomic import sha256_file
-from edgeagent.state.store import SlotStore
+from edgeagent.state.store import SlotStore, TrialTerms
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +58,7 @@ def test_install_trial_commit_rollback(store, tmp_path):
         store.prepare_target("a")
     assert ei.value.code == "state.slot_active"
     slot = install(store, tmp_path)
-    store.begin_trial(slot, probation_s=5, min_inferences=3, extra={"baseline_ms": 1.0})
+    store.begin_trial(slot, TrialTerms(probation_s=5, min_inferences=3))
     st = store.state()
     assert st.active == "b" and st.slots["b"].status == "trial" and st.trial["from"] == "a"
     assert st.high_water["m"] == 2  # raised when the trial begins
@@ -73,7 +73,7 @@ def test_install_trial_commit_rollback(store, tmp_path):
 
 
 def test_rollback_of_a_trial_marks_it_bad(store, tmp_path):
-    store.begin_trial(install(store, tmp_path), probation_s=5, min_inferences=3)
+    store.begin_trial(install(store, tmp_path), TrialTerms(probation_s=5, min_inferences=3))
     st = store.rollback("non-finite outputs", mark_bad=True)
     assert st.active == "a" and st.slots["b"].status == "bad" and st.slots["b"].reason == "non-finite outputs"
     with pytest.raises(StateError) as ei:
@@ -82,7 +82,7 @@ def test_rollback_of_a_trial_marks_it_bad(store, tmp_path):
 
 
 def test_restarts_during_trial_count_attempts(store, tmp_path):
-    store.begin_trial(install(store, tmp_path), probation_s=5, min_inferences=3)
+    store.begin_trial(install(store, tmp_path), TrialTerms(probation_s=5, min_inferences=3))
     assert boot(store, tmp_path).trial["attempts"] == 1
     assert boot(store, tmp_path).trial["attempts"] == 2
     plan = boot(store, tmp_path)
@@ -92,7 +92,7 @@ def test_restarts_during_trial_count_attempts(store, tmp_path):
 
 
 def test_a_corrupted_active_model_serves_the_other_slot(store, tmp_path):
-    store.begin_trial(install(store, tmp_path), probation_s=5, min_inferences=3)
+    store.begin_trial(install(store, tmp_path), TrialTerms(probation_s=5, min_inferences=3))
     store.commit()
     p = store.slot_path("b")
     data = bytearray(p.read_bytes())
@@ -105,7 +105,7 @@ def test_a_corrupted_active_model_serves_the_other_slot(store, tmp_path):
 
 
 def test_a_corrupted_state_json_recovers_from_prev(store, tmp_path):
-    store.begin_trial(install(store, tmp_path), probation_s=5, min_inferences=3)
+    store.begin_trial(install(store, tmp_path), TrialTerms(probation_s=5, min_inferences=3))
     store.commit()
     good = store.state()
     store.file.write_text('{"format": 1, "active": "b", "slo')  # bit rot / a bad manual edit
@@ -144,7 +144,7 @@ def test_the_lock_keeps_two_processes_apart(store):
 
 
 def test_state_json_is_the_contract_shape(store, tmp_path):
-    store.begin_trial(install(store, tmp_path), probation_s=5, min_inferences=3)
+    store.begin_trial(install(store, tmp_path), TrialTerms(probation_s=5, min_inferences=3))
     d = json.loads(store.file.read_text())
     assert set(d) >= {"active", "slots", "trial", "high_water", "generation"}
     assert set(d["slots"]["b"]) >= {"model", "version", "sha256", "size", "installed_at", "status", "reason"}
@@ -172,7 +172,7 @@ def test_a_deleted_state_json_is_restored_from_prev_not_rebuilt(store, tmp_path)
 
 
 def test_both_state_files_truncated_keep_high_water_and_never_bless_unverified_slots(store, tmp_path):
-    store.begin_trial(install(store, tmp_path, version=7), probation_s=5, min_inferences=3)
+    store.begin_trial(install(store, tmp_path, version=7), TrialTerms(probation_s=5, min_inferences=3))
     store.commit()  # v7 in b is good; high water 7
     slot = store.inactive_slot()
     p = store.prepare_target(slot)
@@ -210,7 +210,7 @@ def test_without_any_record_no_slot_is_blessed_and_model_initial_is_seeded(store
     {"active": "../x"},
 ])
 def test_malformed_fields_do_not_crash_the_start_or_escape_the_state_dir(store, tmp_path, damage):
-    store.begin_trial(install(store, tmp_path), probation_s=5, min_inferences=3)
+    store.begin_trial(install(store, tmp_path), TrialTerms(probation_s=5, min_inferences=3))
     store.commit()
     d = json.loads(store.file.read_text())
     d.update(damage)

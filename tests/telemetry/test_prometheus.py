@@ -120,3 +120,33 @@ def test_bad_metrics_config_is_one_line_exit_2(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edgeagent: config.invalid: ")
     assert "metrics.textfile: must end in .prom" in lines[0]
+
+
+def test_idle_connections_to_metrics_are_capped_and_timed_out(tmp_path, start_daemon):
+    """40 connections that never send a request (slowloris) cost at most a handful of threads,
+    are closed after the idle timeout, and /metrics answers again afterwards (issue 19, point 6)."""
+    import socket
+    import urllib.request
+
+    import psutil
+
+    port = free_port()
+    d = start_daemon(metrics={"listen": f"127.0.0.1:{port}"})
+    url = f"http://127.0.0.1:{port}/metrics"
+    assert b"edgeagent_inferences_total" in urllib.request.urlopen(url, timeout=10).read()
+    proc = psutil.Process(d.proc.pid)
+    base = proc.num_threads()
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+    try:
+        time.sleep(1.0)
+        assert proc.num_threads() <= base + 8, (base, proc.num_threads())
+        count = d.call("status")["telemetry"]["inference"]["count"]
+        time.sleep(7.0)  # past the idle timeout: the held connections are closed by the daemon
+        for s in idle:
+            s.settimeout(2.0)
+            assert s.recv(1) == b""
+        assert d.call("status")["telemetry"]["inference"]["count"] > count + 100  # the model kept serving
+        assert b"edgeagent_inferences_total" in urllib.request.urlopen(url, timeout=10).read()
+    finally:
+        for s in idle:
+            s.close()

@@ -2,8 +2,8 @@
 
 The follower reads `edgeagent/group/{g}/rollout` for each of the device's groups, decides by
 itself whether the device is in the current phase (rollout_doc.is_member), and when it is,
-starts the update the document names through the same UpdateManager as any `update` command
-(the same verification, health check, trial and rollback). It remembers, durably, which
+starts the update the document names through the updater's public `start_update`, as strict as
+any `update` command over MQTT (the same verification, health check, trial and rollback). It remembers, durably, which
 rollouts it has taken and how they ended, so a restart neither repeats a finished rollout nor
 forgets one under way, and answers on its own retained `P/rollout` so the controller can tally
 without having been connected at the time. Events of the update carry the rollout id.
@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
-from edgeagent.control.dispatcher import DEFERRED, Context, Request
 from edgeagent.errors import EdgeAgentError
 from edgeagent.fleet.rollout_doc import FINAL, RESULT_SUBTOPIC, TAKING, RolloutDoc, RolloutError, is_member, parse
 from edgeagent.state.atomic import atomic_write_json
+from edgeagent.state.model import State
+from edgeagent.update.pending import is_pending
 
 log = logging.getLogger("edgeagent.rollout")
 
@@ -34,11 +37,36 @@ _VERDICTS = {"update.trial": "trial", "update.committed": "committed", "update.r
              "update.rejected": "refused"}
 
 
+class Updates(Protocol):
+    """The updater as the follower uses it (update.manager.UpdateManager)."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    def start_update(self, args: dict, reply: Callable[[dict], None], *, request_id: str,
+                     source: str = "mqtt") -> None: ...
+
+
+class Bus(Protocol):
+    def emit(self, name: str, **fields: Any) -> dict: ...
+
+    def subscribe(self, sink: Callable[[dict], None]) -> Callable[[], None]: ...
+
+    def set_tag(self, version: object, fields: dict | None) -> None: ...
+
+
 class RolloutFollower:
-    def __init__(self, agent: Any) -> None:
-        self.agent = agent
-        self.device_id = agent.config.device_id
-        self._file = agent.config.state_dir / "rollout.json"
+    def __init__(self, *, device_id: str, state_dir: str | os.PathLike, slots: Callable[[], State | None],
+                 events: Bus, updates: Updates, model_info: Callable[[], dict],
+                 publish: Callable[[str, dict], None]) -> None:
+        self.device_id = device_id
+        self._state_dir = Path(state_dir)
+        self._slots = slots
+        self._events = events
+        self._updates = updates
+        self._model_info = model_info
+        self._publish_result = publish  # (subtopic, payload): retained, QoS 1; a no-op while offline
+        self._file = self._state_dir / "rollout.json"
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._docs: dict[str, RolloutDoc] = {}  # group -> its latest valid document
         self._bad: dict[str, str] = {}  # group -> the last refusal logged (not once per reconnect)
@@ -46,7 +74,7 @@ class RolloutFollower:
         self._thread: threading.Thread | None = None
         self._state = self._load()
         self._reconcile()
-        agent.events.subscribe(self._on_event)
+        events.subscribe(self._on_event)
 
     # -- persistence ------------------------------------------------------------------------
     def _load(self) -> dict:
@@ -77,7 +105,7 @@ class RolloutFollower:
         cur = self._state["current"]
         if cur is None or cur.get("result") in FINAL:
             return
-        st = self.agent.store.state()
+        st = self._slots()
         v = cur.get("version")
         slots = {k: s for k, s in (st.slots.items() if st else []) if s is not None}
         if st is not None and st.trial and slots.get(st.active) and slots[st.active].version == v:
@@ -88,7 +116,7 @@ class RolloutFollower:
         elif (bad := next((s for s in slots.values() if s.version == v and s.status == "bad"
                            and s.reason != "installing"), None)) is not None:
             self._set_result("rolled_back", reason=bad.reason)
-        elif (self.agent.config.state_dir / "staging" / "pending-update.json").exists():
+        elif is_pending(self._state_dir):
             pass  # the updater resumes it; its events finish the story
         else:
             log.info("rollout %s was interrupted before its update started; taking it again", cur["rollout"])
@@ -100,7 +128,7 @@ class RolloutFollower:
     def _tag(self) -> None:
         cur = self._state["current"]
         live = cur is not None and cur.get("result") not in FINAL
-        self.agent.events.set_tag(cur.get("version") if live else None, {"rollout": cur["rollout"]} if live else None)
+        self._events.set_tag(cur.get("version") if live else None, {"rollout": cur["rollout"]} if live else None)
 
     # -- inputs (other threads: enqueue only) -----------------------------------------------
     def on_doc(self, group: str, payload: bytes) -> None:
@@ -156,7 +184,7 @@ class RolloutFollower:
             if self._bad.get(group) != e.message:
                 self._bad[group] = e.message
                 log.warning("rollout document for group %s refused: %s", group, e)
-                self.agent.events.emit("rollout.refused", group=group, code=e.code, reason=e.message)
+                self._events.emit("rollout.refused", group=group, code=e.code, reason=e.message)
             return
         self._bad.pop(group, None)
         self._docs[group] = doc
@@ -169,22 +197,19 @@ class RolloutFollower:
             return
         if cur is not None and cur.get("result") not in FINAL:
             return  # another rollout's update is under way: this one waits for it
-        updater = self.agent.updater
-        info = self.agent.model_info
+        info = self._model_info()
         if info.get("version") == doc.version and not info.get("trial"):
             self._begin(doc)
             self._set_result("committed", reason="already serving this version")
             return
-        if updater is None or updater.on_trial or updater.progress() is not None:
+        if self._updates.busy:
             return  # retried every RETRY_S
         self._begin(doc)
         args = {"manifest": doc.manifest, **doc.payload}
-        ctx = Context(Request(f"rollout-{doc.id}", "update", args), self._on_reply, "mqtt")  # as strict as MQTT
         log.info("rollout %s (group %s, phase %d at %.1f%%): taking v%d", doc.id, doc.group, doc.phase,
                  doc.percentage, doc.version)
         try:
-            if updater.op_update(args, ctx) is not DEFERRED:
-                raise EdgeAgentError("update.internal", "the update did not start")
+            self._updates.start_update(args, self._on_reply, request_id=f"rollout-{doc.id}", source="mqtt")
         except EdgeAgentError as e:
             if e.code == "update.busy":  # something started in between: try again later
                 self._state["current"] = None
@@ -232,10 +257,9 @@ class RolloutFollower:
         self._publish()
 
     def _publish(self) -> None:
-        t = getattr(self.agent, "transport", None)
         cur = self._state["current"]
-        if t is not None and cur is not None:
-            t.publish(RESULT_SUBTOPIC, {**cur, "device": self.device_id}, qos=1, retain=True)
+        if cur is not None:
+            self._publish_result(RESULT_SUBTOPIC, {**cur, "device": self.device_id})
 
     def current(self) -> dict | None:
         cur = self._state["current"]

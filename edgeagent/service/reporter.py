@@ -1,0 +1,106 @@
+"""Telemetry on a thread of its own: the P/telemetry sample, the Prometheus textfile and
+histogram, Home Assistant's update state, systemd's STATUS= line and the figures log line.
+
+Off the main thread on purpose: a slow reader (vcgencmd waits up to 2 s), a slow disk or a
+broker that stopped reading never delays the watchdog ping there.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from edgeagent.config import Config
+from edgeagent.service.host import ServingHost
+from edgeagent.service.sdnotify import Notifier
+from edgeagent.telemetry.collector import TelemetryCollector
+from edgeagent.telemetry.figures import figures_line
+
+log = logging.getLogger("edgeagent")
+
+
+class Reporter:
+    def __init__(self, *, config: Callable[[], Config], collector: TelemetryCollector, host: ServingHost,
+                 notifier: Notifier, transport: Callable[[], Any], outputs: Callable[[], Any],
+                 metrics: Callable[[], Any], discovery: Callable[[], Any]) -> None:
+        self._config = config
+        self._collector = collector
+        self._host = host
+        self._notifier = notifier
+        self._transport, self._outputs, self._metrics, self._discovery = transport, outputs, metrics, discovery
+        self.last: dict | None = None  # the last telemetry payload
+        self._interactive = sys.stderr.isatty()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, ready: threading.Event) -> None:
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="telemetry", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(3.0)
+
+    def status_line(self) -> str:
+        m = self._host.model_info
+        t = (self.last or {}).get("inference") or {}
+        trial = " trial" if m.get("trial") else ""
+        return f"serving {m.get('name')} v{m.get('version')} slot {m.get('slot')}{trial}, {t.get('fps', 0)} fps"
+
+    def sample(self) -> dict:
+        """Collect one telemetry payload and publish it."""
+        loop = self._host.loop
+        assert loop is not None
+        tr, outs = self._transport(), self._outputs()
+        extra = {}
+        if tr is not None:
+            dropped = tr.take_dropped()
+            if dropped:
+                extra["dropped"] = dropped
+            if outs is not None and (outs.dropped or tr.backlog_dropped):
+                extra["output_dropped"] = outs.dropped + tr.backlog_dropped
+        m = self._host.model_info
+        payload = self._collector.collect(model={k: m.get(k) for k in ("name", "version", "slot", "trial")},
+                                          inference=loop.snapshot(), extra=extra or None)
+        self.last = payload
+        if tr is not None:
+            tr.publish_telemetry(payload)
+        return payload
+
+    def _run(self, ready: threading.Event) -> None:
+        """From READY on; intervals down to 0.1 s are honoured."""
+        while not ready.wait(0.5):
+            if self._stop.is_set():
+                return
+        next_tel = time.monotonic()
+        next_line = next_tel + self._config().telemetry.interval_s
+        while not self._stop.is_set():
+            now = time.monotonic()
+            next_tel = min(next_tel, now + self._config().telemetry.interval_s)  # config.set shortened it
+            if self._stop.wait(max(0.0, min(0.5, next_tel - now))):
+                return
+            try:
+                metrics, discovery = self._metrics(), self._discovery()
+                if metrics is not None:
+                    metrics.sample()
+                if discovery is not None:
+                    discovery.tick()
+                now = time.monotonic()
+                if now < next_tel:
+                    continue
+                cfg = self._config()
+                interval = cfg.telemetry.interval_s
+                next_tel = max(next_tel + interval, now + interval / 2)  # no drift, no burst
+                self.sample()
+                if metrics is not None and cfg.metrics.textfile:
+                    metrics.write_textfile(cfg.metrics.textfile)
+                self._notifier.status(self.status_line())
+                if self.last and (self._interactive or now >= next_line):
+                    next_line = now + 60
+                    log.info("%s", figures_line(self.last))
+            except Exception:  # noqa: BLE001 - telemetry must outlive one bad sample
+                log.exception("telemetry sample failed")

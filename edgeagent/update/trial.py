@@ -1,0 +1,212 @@
+"""A model on trial: the probation thread, its limits, and the commit or the rollback.
+
+The previous model stays loaded through probation, so a rollback is one reference assignment in
+the loop, not a reload. State is written before the loop is touched: begin_trial is persisted
+before the hot swap, a rollback before the swap back, so a crash at any instant leaves
+state.json naming a model that verifies.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from edgeagent.config import UpdateConfig
+from edgeagent.errors import EdgeAgentError, ModelError, StateError
+from edgeagent.runtime.loop import Shadow
+from edgeagent.state.rules import before_of
+from edgeagent.state.store import SlotStore
+from edgeagent.update.errors import UpdateRejected
+from edgeagent.update.installer import Installed
+from edgeagent.update.ports import EventSink, ModelHost
+from edgeagent.update.probation import Limits, judge, limits_for, stall_limit_s, terms_for
+from edgeagent.update.switch import Switcher, rss_mb
+
+log = logging.getLogger("edgeagent.update")
+
+PROBATION_TICK_S = 0.1
+
+
+class _Trial:
+    def __init__(self, slot: str, previous: Any, limits: Limits, shadow: Shadow | None, before: dict) -> None:
+        self.slot = slot
+        self.previous = previous  # the model that served before; kept loaded until commit
+        self.limits = limits
+        self.shadow = shadow  # the previous model re-run on live frames (paired judgement)
+        self.before = before  # {"invoke_p50_ms", "rss_mb"} of the previous model
+        self.started = time.monotonic()
+
+    def after(self, counters: dict) -> dict:
+        """The new model's figures, measured the same way as `before`."""
+        sh = self.shadow.summary() if self.shadow is not None else None
+        p50 = sh["new_p50_ms"] if sh and sh["pairs"] else counters.get("invoke_p50_ms")
+        return {"invoke_p50_ms": p50, "rss_mb": rss_mb()}
+
+
+class Trials:
+    def __init__(self, host: ModelHost, store: SlotStore, events: EventSink, switcher: Switcher, *,
+                 update_config: Callable[[], UpdateConfig], stop: threading.Event,
+                 spawn: Callable[..., None]) -> None:
+        self.host = host
+        self.store = store
+        self.events = events
+        self.switcher = switcher
+        self._ucfg = update_config  # config.set can replace the daemon's config
+        self._stop = stop
+        self._spawn = spawn
+        self._trial: _Trial | None = None
+
+    @property
+    def on_trial(self) -> bool:
+        return self._trial is not None
+
+    def status(self) -> dict | None:
+        st = self.store.state()
+        if not st or not st.trial:
+            return None
+        out = dict(st.trial)
+        tr = self._trial
+        loop = self.host.loop
+        if tr is not None and loop is not None:
+            c = loop.counters.to_dict()
+            out.update(elapsed_s=round(time.monotonic() - tr.started, 1), inferences=c["frames"],
+                       errors=c["errors"], nonfinite=c["nonfinite"], invoke_p50_ms=c["invoke_p50_ms"],
+                       before=tr.before, stall_limit_s=tr.limits.stall_s,
+                       shadow=tr.shadow.summary() if tr.shadow is not None else None)
+        return out
+
+    def _stall_s(self, expected_ms: float | None) -> float:
+        loop = self.host.loop
+        period = 1.0 / loop.rate_hz if loop is not None and loop.rate_hz else 0.0
+        return stall_limit_s(max(period, (expected_ms or 0.0) / 1e3), self.host.watchdog_s)
+
+    def _shadow_for(self, previous: Any, limits: Limits) -> Shadow | None:
+        budget = self._ucfg().shadow_budget_pct / 100.0
+        if budget <= 0 and not limits.min_agreement_pct:
+            return None
+        return Shadow(previous, budget=budget or 0.05, compare=bool(limits.min_agreement_pct))
+
+    # -- begin --------------------------------------------------------------------------------
+    def switch_to(self, inst: Installed) -> None:
+        """Load the installed model, persist the trial, swap it in and start probation."""
+        loop = self.host.loop
+        before = self.switcher.figures()
+        try:
+            new = self.switcher.load_warm(inst.path)
+        except EdgeAgentError as e:
+            self.store.mark_bad(inst.slot, f"load failed: {e.message}")
+            raise UpdateRejected("update.health_failed", f"the new model does not load in the daemon: {e.message}") from None
+        ucfg = self._ucfg()
+        expected_ms = inst.health.get("latency_ms")
+        terms = terms_for(inst.manifest, ucfg, expected_ms=expected_ms, before=before)
+        limits = limits_for(terms, ucfg, self._stall_s(expected_ms))
+        with self.switcher.lock:
+            self.store.begin_trial(inst.slot, terms)
+            shadow = self._shadow_for(loop.model, limits)
+            loop.set_shadow(shadow)  # starts with the first frame the new model serves
+            previous = self.switcher.swap(new)
+            self.switcher.refresh_model_info()
+        if previous is None:
+            return  # restarting: the next start resumes the trial
+        self.events.emit("update.trial", version=inst.manifest.version, slot=inst.slot,
+                         probation_s=limits.probation_s, min_inferences=limits.min_inferences)
+        self._start(inst.slot, previous, limits, before, shadow)
+
+    def resume(self, slot: str, record: dict) -> None:
+        """After a restart during a trial: the previous model loaded again, probation afresh."""
+        prev = None
+        try:
+            if self.store.verify_slot(record["from"]):
+                prev = self.host.load_model(self.store.slot_path(record["from"]))
+        except ModelError as e:
+            log.warning("previous model (slot %s) does not load: %s", record["from"], e)
+        limits = limits_for(record, self._ucfg(), self._stall_s(record.get("expected_ms")))
+        self._start(slot, prev, limits, before_of(record))
+
+    def _start(self, slot: str, previous: Any, limits: Limits, before: dict, shadow: Shadow | None = None) -> None:
+        if shadow is None and previous is not None:  # resumed after a restart
+            shadow = self._shadow_for(previous, limits)
+            self.host.loop.set_shadow(shadow)
+        self._trial = _Trial(slot, previous, limits, shadow, before)
+        try:
+            self._spawn(self._probation, self._trial, name="probation")
+        except RuntimeError as e:  # nothing would judge this model: it does not stay on trial unjudged
+            log.error("probation could not start (%s); rolling the trial back", e)
+            self._rollback(self._trial, f"probation.no_thread: {e}", automatic=True)
+
+    # -- probation ----------------------------------------------------------------------------
+    def _probation(self, trial: _Trial) -> None:
+        loop = self.host.loop
+        while not self._stop.wait(PROBATION_TICK_S):
+            if self._trial is not trial:
+                return  # committed or rolled back by a command
+            shadow = trial.shadow.summary() if trial.shadow is not None else None
+            v = judge(loop.counters.to_dict(), shadow, trial.limits, time.monotonic() - trial.started,
+                      loop.model_stalled_s())
+            try:
+                if v.decision == "commit":
+                    self._commit(trial, v.reason)
+                elif v.decision == "rollback":
+                    self._rollback(trial, f"{v.code}: {v.reason}", automatic=True)
+                else:
+                    continue
+            except StateError as e:  # a command decided first (commit / rollback)
+                log.info("probation verdict %s not applied: %s", v.decision, e)
+            except EdgeAgentError as e:
+                log.error("probation verdict %s failed: %s", v.decision, e)
+            return
+
+    # -- end ----------------------------------------------------------------------------------
+    def commit(self, reason: str = "committed by command") -> dict:
+        trial = self._trial
+        if trial is None:
+            raise StateError("state.no_trial", "no model is on trial")
+        return self._commit(trial, reason)
+
+    def rollback(self, reason: str, *, automatic: bool = False) -> dict:
+        trial = self._trial
+        if trial is None:
+            raise StateError("state.no_trial", "no model is on trial")
+        return self._rollback(trial, reason, automatic=automatic)
+
+    def _commit(self, trial: _Trial, reason: str) -> dict:
+        with self.switcher.lock:
+            if self._trial is not trial:
+                raise StateError("state.no_trial", "no model is on trial")
+            st = self.store.commit()
+            self._trial = None
+            self.host.loop.set_shadow(None)
+            self.switcher.refresh_model_info()
+        counters = self.host.loop.counters.to_dict()
+        if trial.previous is not None:
+            trial.previous.close()
+        info = st.slots[st.active]
+        self.events.emit("update.committed", version=info.version, slot=st.active, reason=reason,
+                         before=trial.before, after=trial.after(counters))
+        return {"slot": st.active, "version": info.version, "status": "good"}
+
+    def _rollback(self, trial: _Trial, reason: str, *, automatic: bool) -> dict:
+        loop = self.host.loop
+        with self.switcher.lock:
+            if self._trial is not trial:
+                raise StateError("state.no_trial", "no model is on trial")
+            previous = trial.previous
+            if previous is None:  # after a restart whose previous model did not load
+                previous = self.host.load_model(self.store.slot_path(self.store.rollback_target()))
+            bad_version = self.store.state().slots[trial.slot].version
+            after = trial.after(loop.counters.to_dict())
+            st = self.store.rollback(reason, mark_bad=True)  # persisted before the swap back
+            loop.set_shadow(None)
+            failed = self.switcher.swap(previous, trial.limits.stall_s)
+            self._trial = None
+            self.switcher.refresh_model_info()
+        if failed is not None and failed is not previous:
+            failed.close()
+        info = st.slots[st.active]
+        self.events.emit("update.rolled_back", version=bad_version, to_version=info.version, slot=st.active,
+                         reason=reason, automatic=automatic, before=trial.before, after=after,
+                         restarting=failed is None)
+        return {"slot": st.active, "version": info.version, "rolled_back": bad_version, "reason": reason,
+                "restarting": failed is None}

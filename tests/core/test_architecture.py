@@ -1,0 +1,55 @@
+"""The architecture as the README draws it, checked by tools rather than memory."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+LINT = Path(sys.executable).with_name("lint-imports")
+MAX_LINES = 400
+EXEMPT = {"edgeagent/engine/testmodels.py"}  # the test-model generator: data, not runtime logic
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(root))
+    return subprocess.run([str(LINT), "--config", str(root / "setup.cfg"), "--no-cache"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_import_contracts_hold_and_fail_on_a_forbidden_import(tmp_path):
+    ok = _lint(REPO)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "5 kept, 0 broken" in ok.stdout
+    # the same tree with one forbidden import: the manifest verifier reaching for MQTT
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO / "edgeagent", copy / "edgeagent", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "setup.cfg", copy / "setup.cfg")
+    target = copy / "edgeagent" / "update" / "manifest.py"
+    target.write_text(target.read_text() + "\nimport paho.mqtt.client  # noqa: E402,F401\n")
+    bad = _lint(copy)
+    assert bad.returncode != 0
+    assert "Only the transport imports paho BROKEN" in bad.stdout
+    assert "edgeagent.update.manifest -> paho" in bad.stdout
+
+
+def test_no_module_over_400_lines():
+    long = {str(p.relative_to(REPO)): n for p in (REPO / "edgeagent").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert set(long) <= EXEMPT, long
+
+
+def test_no_part_takes_the_whole_agent():
+    """Every part gets the interface it uses (a ModelHost, an update API, readings), never `agent`."""
+    offenders = []
+    for p in (REPO / "edgeagent").rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names = [a.arg for a in node.args.args + node.args.kwonlyargs]
+                if "agent" in names:
+                    offenders.append(f"{p.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert offenders == []
