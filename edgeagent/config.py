@@ -193,6 +193,10 @@ class UpdateConfig:
     # bytes of MQTT transfer chunks held in memory before they reach the disk (early chunks
     # included); beyond it chunks are dropped and asked for again
     max_chunk_buffer_bytes: int = _check(_min(64 * 1024), default=16 * 1024 * 1024)
+    # a wall clock more than this far past the newest time the device knows for sure (the
+    # `created` of the last committed update, or this agent's release) is not saved as the time
+    # floor: a bad NTP step to 2099 must not make every later update look premature
+    clock_max_ahead_days: int = _check(_range(1, 3650), default=365)
 
 
 def _listen(v: str) -> str | None:

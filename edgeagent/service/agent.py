@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 from edgeagent import __version__
@@ -37,7 +38,7 @@ from edgeagent.service.reporter import Reporter
 from edgeagent.service.sdnotify import Notifier
 from edgeagent.state.lock import DaemonLock
 from edgeagent.state.store import SlotStore
-from edgeagent.state.timefloor import TimeFloor
+from edgeagent.state.timefloor import TimeFloor, released, utcnow
 from edgeagent.telemetry.collector import TelemetryCollector
 
 log = logging.getLogger("edgeagent")
@@ -239,9 +240,14 @@ class Agent:
         """Keep the persisted time floor (update expiry on devices without an RTC) near now."""
         self._clock_checked = time.monotonic()
         try:
-            if not TimeFloor(self.config.state_dir).observe_wall_clock():
+            seen = TimeFloor(self.config.state_dir).observe_wall_clock(
+                released=released(), max_ahead=timedelta(days=self.config.update.clock_max_ahead_days))
+            if seen == "behind":
                 log.warning("the wall clock is below the last time this device saw: not synchronised yet "
                             "(update expiry is judged against the saved time floor)")
+            elif seen == "ahead":
+                log.warning("the wall clock reads %s, more than update.clock_max_ahead_days past anything this "
+                            "device knows has passed: not saved as the time floor", utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"))
         except OSError as e:
             log.warning("could not save the time floor: %s", e)
 

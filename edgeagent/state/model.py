@@ -81,7 +81,8 @@ class State:
         lr = d.get("last_rollback")
         boots = d.get("boots")
         if boots is not None and (not isinstance(boots, dict) or boots.get("slot") not in SLOTS
-                                  or not _is_int(boots.get("count", 0))):
+                                  or not _is_int(boots.get("count", 0))
+                                  or not isinstance(boots.get("boot_id") or "", str)):
             boots = None  # bookkeeping only: forget it rather than refuse the file
         return cls(active=d["active"], slots=slots, trial=trial, high_water=dict(hw), generation=gen,
                    last_rollback=lr if isinstance(lr, dict) else None, boots=boots)

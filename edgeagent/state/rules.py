@@ -28,6 +28,7 @@ class TrialTerms:
     min_agreement_pct: float | None = None
     expected_ms: float | None = None
     before: dict | None = None
+    created: str | None = None  # the manifest's signed `created`: the time floor rises to it at commit
 
 
 def trial_record(slot: str, frm: str, terms: TrialTerms) -> dict:
@@ -36,7 +37,7 @@ def trial_record(slot: str, frm: str, terms: TrialTerms) -> dict:
             "probation_s": terms.probation_s, "min_inferences": terms.min_inferences,
             "before": dict(terms.before) if terms.before else {"invoke_p50_ms": None, "rss_mb": None},
             "max_latency_ms": terms.max_latency_ms, "min_agreement_pct": terms.min_agreement_pct,
-            "expected_ms": terms.expected_ms, "version": terms.version}
+            "expected_ms": terms.expected_ms, "version": terms.version, "created": terms.created}
 
 
 def before_of(trial: dict) -> dict:

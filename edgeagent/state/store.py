@@ -24,13 +24,23 @@ from edgeagent.state.atomic import atomic_write_json, copy_durable, sha256_file
 from edgeagent.state.lock import StateLock
 from edgeagent.state.model import SLOTS, STATUSES, BootPlan, SlotInfo, State, now_rfc3339, other
 from edgeagent.state.rules import TrialTerms
+from edgeagent.state.timefloor import TimeFloor, parse_utc
 
 __all__ = ["SLOTS", "STATUSES", "BootPlan", "SlotInfo", "SlotStore", "State", "TrialTerms", "other"]
 
 log = logging.getLogger("edgeagent.state")
 
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 ANCHOR_KEEP = 8  # good models remembered in the anchor file
 SLOT_FILE_MODE = 0o444  # a slot's model is never modified in place: it is replaced whole, or not at all
+
+
+def current_boot_id() -> str | None:
+    """The kernel's id of this system boot (new at every boot); None where there is none."""
+    try:
+        return BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
 
 
 class SlotStore:
@@ -119,6 +129,8 @@ class SlotStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.file.exists() and self._read_file(self.file) is not None:
             atomic_write_json(self.prev, json.loads(self.file.read_text()), mode=0o640)
+        if st.boots is not None and not st.boots.get("boot_id"):
+            st.boots["boot_id"] = current_boot_id()  # which system boot these starts belong to
         # the high-water mark never goes down, whatever this state says
         anchor_hw = self.read_anchor()["high_water"]
         for k, v in anchor_hw.items():
@@ -176,7 +188,16 @@ class SlotStore:
     def _count_boot(self, st: State, max_crashes: int, events: list) -> None:
         alt = other(st.active)
         alt_ok = st.slots.get(alt) is not None and st.slots[alt].status == "good" and self.verify_slot(alt, st)
-        event, stuck = rules.count_boot(st, max_crashes, alt_verifies=alt_ok)
+        # Brown-outs are not crashes: when the system booted again since the last start, the
+        # previous run ended with the machine (a power cut), not with this model.
+        last_boot = (st.boots or {}).get("boot_id")
+        now_boot = current_boot_id()
+        rebooted = bool(last_boot and now_boot and last_boot != now_boot)
+        if rebooted:
+            log.info("the system rebooted since the last start: that start does not count as a crash")
+        event, stuck = rules.count_boot(st, max_crashes, alt_verifies=alt_ok, counts=not rebooted)
+        if st.boots is not None:
+            st.boots["boot_id"] = now_boot
         if event is not None:
             events.append(event)
         elif stuck:
@@ -274,14 +295,26 @@ class SlotStore:
         return self._transition(lambda st: rules.begin_trial(st, slot, terms))
 
     def commit(self) -> State:
+        """The trial's model is good. Its manifest's `created` has now passed for sure: the time
+        floor rises to it (only here, never for a manifest that was refused or rolled back)."""
+        created: list[str] = []
+
         def change(st: State) -> None:
             if not st.trial:
                 raise StateError("state.no_trial", "no model is on trial")
             info = st.slots[st.trial["slot"]]
             info.status, info.reason = "good", None
+            if isinstance(st.trial.get("created"), str):
+                created.append(st.trial["created"])
             st.trial = None
 
-        return self._transition(change)
+        st = self._transition(change)
+        if created:
+            try:
+                TimeFloor(self.dir).committed(parse_utc(created[0]))
+            except (OSError, ValueError) as e:  # bookkeeping: the commit itself is persisted
+                log.warning("time floor not raised after the commit: %s", e)
+        return st
 
     def rollback_target(self, st: State | None = None) -> str:
         """Where a rollback would go now (rules.rollback_target), its model's hash checked."""

@@ -14,7 +14,7 @@ import binascii
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from edgeagent.config import Config
 from edgeagent.errors import CommandError
-from edgeagent.state.timefloor import TimeFloor, utcnow
+from edgeagent.state.timefloor import TimeFloor, released, utcnow
 from edgeagent.update import health as health_mod
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.cancel import NEVER, Cancel
@@ -93,9 +93,9 @@ class Installer:
         floor = self.time_floor.get()
         m = verify_envelope(envelope, trusted=trusted, threshold=ucfg.threshold,
                             model_name=self.cfg.model.name, highest_version=highest, now=now, time_floor=floor)
-        # a verified manifest proves its creation time has passed, whatever the clock says
-        created = datetime.strptime(m.created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-        self.time_floor.raise_to(max(created, now) if floor is None or now >= floor else created)
+        # the wall clock, where it is plausible, keeps the floor near now; the manifest's `created`
+        # raises it only when the update commits (a refused manifest never moves it)
+        self.time_floor.observe_wall_clock(now, released=released(), max_ahead=timedelta(days=ucfg.clock_max_ahead_days))
         active = st.slots.get(st.active) if st else None
         if m.kind == "delta":
             if active is None or m.base.sha256 != active.sha256:

@@ -111,7 +111,8 @@ def terms_for(m: Any, ucfg: Any, *, expected_ms: float | None, before: dict | No
     return TrialTerms(probation_s=float(pick(h.probation_s if h else None, ucfg.probation_s)),
                       min_inferences=int(pick(h.min_inferences if h else None, ucfg.min_inferences)),
                       version=m.version, max_latency_ms=h.max_latency_ms if h else None,
-                      min_agreement_pct=h.min_agreement_pct if h else None, expected_ms=expected_ms, before=before)
+                      min_agreement_pct=h.min_agreement_pct if h else None, expected_ms=expected_ms, before=before,
+                      created=m.created)
 
 
 def limits_for(terms: TrialTerms | dict, ucfg: Any, stall_s: float) -> Limits:
