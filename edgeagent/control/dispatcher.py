@@ -133,6 +133,8 @@ class Context:
             self._done = True
         try:
             self._reply(msg)
+        except OSError as e:  # a client that hung up or was dropped (said once, where it was dropped)
+            log.debug("reply to %s command %s not delivered: %s", self.source, self.request.id, e)
         except Exception:  # noqa: BLE001 - a vanished client must not hurt the daemon
             log.warning("reply to %s command %s could not be delivered", self.source, self.request.id)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 import threading
 from pathlib import Path
@@ -23,20 +24,58 @@ from edgeagent.events import EventBus
 log = logging.getLogger("edgeagent.control")
 
 MAX_LINE = 4 << 20
+MAX_OUTBOX = 1 << 20  # bytes a client may fall behind before it is dropped
 
 
 class _Conn:
+    """One client. Sending never blocks the sender (the event bus, the dispatcher, the updater):
+    what the socket does not take at once waits in a bounded outbox that the connection's own
+    thread flushes; a client that falls MAX_OUTBOX bytes behind (a suspended `edgeagent top`,
+    requests sent without reading the replies) is dropped with one log line."""
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.lock = threading.Lock()
         self.open = True
+        self.out = bytearray()
 
     def send(self, obj: dict) -> None:
         data = (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
         with self.lock:
             if not self.open:
                 raise OSError("connection closed")
-            self.sock.sendall(data)
+            if not self.out:
+                try:
+                    n = self.sock.send(data, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    n = 0
+                data = data[n:]
+            self.out += data
+            if len(self.out) > MAX_OUTBOX:
+                log.warning("control: a client fell %d bytes behind (it does not read); dropped", len(self.out))
+                self._drop()
+                raise OSError("client dropped: not reading")
+
+    def flush(self) -> None:
+        with self.lock:
+            if not self.out or not self.open:
+                return
+            try:
+                n = self.sock.send(self.out, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._drop()
+                return
+            del self.out[:n]
+
+    def _drop(self) -> None:
+        self.open = False
+        self.out.clear()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # the connection's thread sees EOF and ends
+        except OSError:
+            pass
 
 
 class ControlServer:
@@ -114,6 +153,11 @@ class ControlServer:
         buf = b""
         try:
             while not self._stopping.is_set():
+                readable, writable, _ = select.select([s], [s] if conn.out else [], [], 0.2)
+                if writable:
+                    conn.flush()
+                if not readable:
+                    continue
                 chunk = s.recv(65536)
                 if not chunk:
                     break
