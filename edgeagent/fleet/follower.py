@@ -33,6 +33,9 @@ log = logging.getLogger("edgeagent.rollout")
 
 RETRY_S = 2.0  # a document the device could not act on yet (an update or trial under way)
 KEEP_DONE = 50  # finished rollouts remembered (so a retained document is not taken twice)
+# a slot marked bad for these reasons was never judged: an install under way, or one the update
+# had written and not switched to yet when the daemon stopped
+NOT_FAILURES = ("installing", "installed, not switched to yet")
 _VERDICTS = {"update.trial": "trial", "update.committed": "committed", "update.rolled_back": "rolled_back",
              "update.rejected": "refused"}
 
@@ -113,11 +116,11 @@ class RolloutFollower:
         elif st is not None and slots.get(st.active) and slots[st.active].version == v \
                 and slots[st.active].status == "good":
             self._set_result("committed")
-        elif (bad := next((s for s in slots.values() if s.version == v and s.status == "bad"
-                           and s.reason != "installing"), None)) is not None:
-            self._set_result("rolled_back", reason=bad.reason)
         elif is_pending(self._state_dir):
-            pass  # the updater resumes it; its events finish the story
+            pass  # the updater resumes it (an install not switched to yet included); its events finish the story
+        elif (bad := next((s for s in slots.values() if s.version == v and s.status == "bad"
+                           and s.reason not in NOT_FAILURES), None)) is not None:
+            self._set_result("rolled_back", reason=bad.reason)
         else:
             log.info("rollout %s was interrupted before its update started; taking it again", cur["rollout"])
             self._state["current"] = None
@@ -193,7 +196,7 @@ class RolloutFollower:
         if doc.state not in TAKING or not is_member(doc, self.device_id):
             return
         cur = self._state["current"]
-        if doc.id in self._state["done"] or (cur is not None and cur["rollout"] == doc.id):
+        if self._same(self._state["done"].get(doc.id), doc) or self._same(cur, doc):
             return
         if cur is not None and cur.get("result") not in FINAL:
             return  # another rollout's update is under way: this one waits for it
@@ -218,9 +221,16 @@ class RolloutFollower:
                 return
             self._set_result("refused", code=e.code, reason=e.message)
 
+    @staticmethod
+    def _same(rec: dict | None, doc: RolloutDoc) -> bool:
+        """The record is of this rollout: its id and its manifest (a record from before manifests
+        were recorded matches by id). A document that reuses an id with another manifest, a junk
+        document squatting the id first, is another rollout."""
+        return rec is not None and rec.get("rollout") == doc.id and rec.get("manifest", doc.digest) == doc.digest
+
     def _begin(self, doc: RolloutDoc) -> None:
         self._state["current"] = {"rollout": doc.id, "group": doc.group, "version": doc.version, "result": "started",
-                                  "ts": round(time.time(), 3)}
+                                  "manifest": doc.digest, "ts": round(time.time(), 3)}
         self._save()
         self._tag()
         self._publish()

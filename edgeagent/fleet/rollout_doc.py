@@ -72,6 +72,12 @@ class RolloutDoc:
     rolled_back: tuple = ()  # devices the controller told to roll back on a halt
 
     @property
+    def digest(self) -> str:
+        """sha256 of the signed manifest (canonical JSON), first 16 hex digits: what makes a rollout
+        the same rollout, beyond its id."""
+        return manifest_digest(self.manifest)
+
+    @property
     def plan(self) -> list[float]:
         """The percentage of each step: with canaries, 0 (the canaries alone) comes first."""
         return ([0.0] if self.canary else []) + [float(p) for p in self.phases]
@@ -184,6 +190,12 @@ def parse(raw: bytes | str) -> RolloutDoc:
         timed_out=_ids(d.get("timed_out"), "timed_out"), rolled_back=_ids(d.get("rolled_back"), "rolled_back"))
 
 
+def manifest_digest(manifest: dict) -> str:
+    signed = manifest.get("signed") if isinstance(manifest, dict) else None
+    data = json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class DeviceResult:
     """A device's retained answer on P/rollout."""
@@ -195,6 +207,12 @@ class DeviceResult:
     code: str | None = None
     reason: str | None = None
     ts: float = 0.0
+    manifest: str | None = None  # the digest of the manifest it answered for (older devices: None)
+
+    def answers(self, doc: "RolloutDoc") -> bool:
+        """This result is for this rollout: its id, and (when the device says) its manifest. A
+        document that reuses an id with another manifest is another rollout."""
+        return self.rollout == doc.id and (self.manifest is None or self.manifest == doc.digest)
 
 
 def parse_result(device: str, raw: bytes | str) -> DeviceResult | None:
@@ -210,4 +228,5 @@ def parse_result(device: str, raw: bytes | str) -> DeviceResult | None:
     return DeviceResult(device=device, rollout=d["rollout"], version=v if isinstance(v, int) else None,
                         result=d["result"], code=d.get("code") if isinstance(d.get("code"), str) else None,
                         reason=d.get("reason") if isinstance(d.get("reason"), str) else None,
-                        ts=float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else 0.0)
+                        ts=float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else 0.0,
+                        manifest=d.get("manifest") if isinstance(d.get("manifest"), str) else None)

@@ -261,6 +261,9 @@ class SlotStore:
                     if info is None:
                         raise StateError("state.no_valid_model", f"{self.dir}: no slot holds a model that verifies")
                     slot = cur if st.slots.get(alt) else alt
+                    if slot != cur and st.slots.get(cur) is not None and st.slots[cur].status != "bad":
+                        # the slot left behind keeps its file for inspection, not its good label
+                        st.slots[cur].status, st.slots[cur].reason = "bad", f"model file {why}"
                     st.slots[slot] = info
                     st.active, st.trial = slot, None
                     events.append({"event": "state.seeded", "slot": slot, "reason": f"slot {cur}: {why}"})

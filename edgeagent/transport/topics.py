@@ -60,6 +60,10 @@ def route(prefix: str, groups: list[str] | tuple[str, ...], topic: object) -> Ro
     return Chunk(tid, int(idx))
 
 
+# what a device publishes or reads under its prefix: a reply never lands on another device's
+DEVICE_SUBTOPICS = frozenset({"status", "rollout", "telemetry", "events", "output", "update", "cmd", "transfer"})
+
+
 def reply_topic_ok(prefix: str, topic: object) -> str | None:
     """Why a requested MQTT 5 Response Topic is refused, or None when it may be used.
 
@@ -77,6 +81,11 @@ def reply_topic_ok(prefix: str, topic: object) -> str | None:
         return None
     if topic == prefix or topic.startswith(f"{prefix}/") or topic.startswith("edgeagent/group/"):
         return "under the device's own topics"
+    # nor onto another device's topics (its retained P/rollout result, its status, its commands)
+    root = prefix.split("/", 1)[0]
+    parts = topic.split("/")
+    if "/" in prefix and len(parts) >= 3 and parts[0] == root and parts[2] in DEVICE_SUBTOPICS:
+        return "another device's topic"
     if topic.startswith("$"):
         return "a broker ($) topic"
     return None
