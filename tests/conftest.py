@@ -31,3 +31,12 @@ def start_daemon(tmp_path: Path, model_path: Path):
     for d in started:
         if d.proc is not None and d.proc.poll() is None:
             d.stop()
+
+
+POWERCUT_SUMMARY: list[str] = []  # filled by tests/hardening/test_powercut.py
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The power-cut test's counts, in `make test`'s output even with -q."""
+    for line in POWERCUT_SUMMARY:
+        terminalreporter.write_line(line)

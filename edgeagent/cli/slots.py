@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("rollback", help="make the other slot active (live when the daemon runs)")
     p.add_argument("--reason", default="manual rollback")
+    p.add_argument("--leave", type=_ref, help="only if this model (version or sha256) is serving: a repeat does nothing")
+    p.add_argument("--to", type=_ref, help="only back to this model (version or sha256); nothing if it already serves")
     add_json(p)
     p.set_defaults(func=cmd_rollback)
 
@@ -35,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="with a daemon: wait for the commit or rollback")
     add_json(p)
     p.set_defaults(func=cmd_install)
+
+
+def _ref(v: str) -> int | str:
+    return int(v) if v.isdigit() else v
 
 
 def _live(cfg: Any, op: str, args: dict | None = None, **kw: Any) -> Any:
@@ -86,18 +92,30 @@ def cmd_slots(args: argparse.Namespace) -> int:
 
 
 # -- rollback / commit ------------------------------------------------------------------------
-def _offline_rollback(cfg: Any, reason: str) -> dict:
+def _offline_rollback(cfg: Any, reason: str, leave: Any = None, to: Any = None) -> dict:
     """The same target as the daemon's rollback (state.rules.rollback_target through the store),
-    and the same pre-check: the target's model loads before state changes."""
+    the same conditions (leave, to), and the same pre-check: the target's model loads before
+    state changes."""
     from edgeagent.engine.model import Model
+    from edgeagent.state import rules
 
     store = _store(cfg)
-    to = store.rollback_target()
+    st = store.state()
+    if st is not None and (leave is not None or to is not None):
+        why = rules.rollback_needed(st, leave=leave, to=to)
+        if why is not None:
+            return {"slot": st.active, "version": st.slots[st.active].version, "rolled_back": False, "note": why}
+    to_slot = store.rollback_target()
+    if to is not None and not rules.matches(store.state().slots[to_slot], to):
+        raise EdgeAgentError("state.no_rollback_target",
+                             f"slot {to_slot} holds v{store.state().slots[to_slot].version}, not {to}")
     m = cfg.model
-    Model.load(str(store.slot_path(to)), backend=m.backend, num_threads=m.num_threads).close()
-    frm = store.state().active
+    Model.load(str(store.slot_path(to_slot)), backend=m.backend, num_threads=m.num_threads).close()
+    before = store.state()
+    frm = before.active
     st = store.rollback(reason, mark_bad=False)
-    return {"slot": st.active, "version": st.slots[st.active].version, "from": frm}
+    return {"slot": st.active, "version": st.slots[st.active].version, "from": frm,
+            "from_version": before.slots[frm].version if before.slots.get(frm) else None, "rolled_back": True}
 
 
 def _live_or_offline(cfg: Any, op: str, args: dict, offline: Any) -> tuple[dict, str]:
@@ -118,8 +136,11 @@ def _print_result(args: argparse.Namespace, r: dict, mode: str, text: str) -> in
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    r, mode = _live_or_offline(cfg, "rollback", {"reason": args.reason},
-                               lambda: _offline_rollback(cfg, args.reason + " (offline)"))
+    cond = {k: v for k, v in (("leave", args.leave), ("to", args.to)) if v is not None}
+    r, mode = _live_or_offline(cfg, "rollback", {"reason": args.reason, **cond},
+                               lambda: _offline_rollback(cfg, args.reason + " (offline)", **cond))
+    if r.get("rolled_back") is False:
+        return _print_result(args, r, mode, f"nothing to roll back ({mode}): {r.get('note')}")
     return _print_result(args, r, mode, f"rolled back ({mode}): slot {r['slot']} v{r['version']} is active")
 
 

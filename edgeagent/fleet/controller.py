@@ -121,12 +121,15 @@ class RolloutController:
             why = f"rollout {doc.id} {state}: {reason}"[:500]
             for dev in t.committed + t.in_progress:
                 r = results.get(dev)
+                if dev in doc.rolled_back:
+                    continue  # told already (a halt before this abort): a second rollback must not toggle
                 if r is not None and r.result == "started":
                     # still downloading or checking: a rollback would cancel it and then switch to
                     # the other slot, an older model; cancelling leaves it on the model it serves
                     self.command(dev, "cancel", {}, f"{doc.id}-cancel")
                     continue
-                self.command(dev, "rollback", {"reason": why}, f"{doc.id}-rollback")
+                # conditional: a device no longer serving this version (a redelivery, a repeat) does nothing
+                self.command(dev, "rollback", {"reason": why, "leave": doc.version}, f"{doc.id}-rollback")
                 rolled.append(dev)
         doc = self.write(dataclasses.replace(doc, state=state, percentage=0.0, reason=reason,
                                              rolled_back=tuple(sorted(set(doc.rolled_back) | set(rolled)))))

@@ -143,6 +143,10 @@ class RolloutFollower:
     def _on_event(self, ev: dict) -> None:
         if ev.get("event") in _VERDICTS:
             self._q.put(("event", None, ev))
+        elif ev.get("event") == "rollback" and ev.get("from_version") is not None:
+            # a rollback after the commit (a halt's rollback, a button): P/rollout says so
+            self._q.put(("event", None, {"event": "update.rolled_back", "version": ev["from_version"],
+                                         "reason": ev.get("reason"), "after_commit": True}))
 
     # -- the follower's thread --------------------------------------------------------------
     def start(self) -> None:
@@ -247,7 +251,14 @@ class RolloutFollower:
 
     def _on_verdict(self, ev: dict) -> None:
         cur = self._state["current"]
-        if cur is None or cur.get("result") in FINAL or ev.get("version") != cur.get("version"):
+        if cur is None or ev.get("version") != cur.get("version"):
+            return
+        if ev.get("after_commit"):
+            if cur.get("result") != "committed":
+                return
+            self._set_result("rolled_back", reason=ev.get("reason"))
+            return
+        if cur.get("result") in FINAL:
             return
         self._set_result(_VERDICTS[ev["event"]], code=ev.get("code"), reason=ev.get("reason"))
 

@@ -59,11 +59,12 @@ class Tally:
 
 def tally(doc: RolloutDoc, group_devices: list[str], results: dict[str, DeviceResult | None], now: float) -> Tally:
     """Count the step's devices: those of the group (their retained status names it) that the hash
-    or the canary list puts in, and the listed canaries. An answer from any other device is not
+    or the canary list puts in or that answered for this rollout, and the listed canaries. An answer from any other device is not
     counted: anyone on the broker can publish a retained `P/rollout` for a device id it makes up,
     and one forged "refused" must not halt a rollout."""
     known = set(group_devices) | set(doc.canary)
-    members = sorted(d for d in known if is_member(doc, d))
+    answered = {d for d, r in results.items() if r is not None and r.answers(doc)}
+    members = sorted(d for d in known if is_member(doc, d) or d in answered)  # a halt sets the percentage to 0
     out: dict[str, list[str]] = {k: [] for k in ("committed", "refused", "rolled_back", "timed_out", "in_progress",
                                                  "waiting", "overdue")}
     late = doc.phase_started_at and now - doc.phase_started_at > doc.criteria.device_timeout_s

@@ -119,12 +119,13 @@ class Agent:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.config
-        # One daemon per state directory (flock, held for life), then the control socket: a second
-        # daemon must stop here, before it touches state.json. Commands queue until the
-        # dispatcher starts below.
-        self.daemon_lock.acquire()
+        # The control socket first (a second daemon with the same config stops here:
+        # control.in_use), then one daemon per state directory (flock, held for life: a second one
+        # with another socket stops here: state.in_use), both before state.json is touched.
+        # Commands queue until the dispatcher starts below.
         self.control = ControlServer(cfg.control.socket, self.dispatcher, self.events)
         self.control.start()
+        self.daemon_lock.acquire()
         model, self.boot_plan = boot_model(cfg, self.store, self.host, self.notifier, self.events)
         self._observe_clock()
         source = ResilientSource(make_source(cfg.input, model.inputs[0]), on_state=self._on_input_state)
@@ -263,7 +264,10 @@ class Agent:
         elif not self._boot_confirmed and not on_trial and not stalled \
                 and time.monotonic() - self._serving_since >= self.config.update.crash_window_s:
             self._boot_confirmed = True
-            self.store.confirm_boot()
+            try:
+                self.store.confirm_boot()
+            except (OSError, EdgeAgentError) as e:  # a full disk must not end a daemon that serves
+                log.warning("could not record that the model served a whole crash window: %s", e)
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit code."""
@@ -316,7 +320,7 @@ class Agent:
                 and not self.loop.model_stalled_s() and not (self.updater and self.updater.on_trial):
             try:  # a clean stop of a healthy model: its starts so far were not crashes
                 self.store.confirm_boot()
-            except EdgeAgentError as e:
+            except (OSError, EdgeAgentError) as e:
                 log.warning("could not record the clean stop: %s", e)
         self.reporter.stop()
         if self.follower is not None:

@@ -82,8 +82,11 @@ class DaemonLock:
                 os.close(fd)
             raise StateError("state.in_use", f"{self.path.parent}: another edgeagent daemon (pid {holder}) "
                                              f"serves this state directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message a second daemon prints
+        except OSError:
+            pass  # a full disk: the lock holds all the same
         self._fd = fd
 
     def release(self) -> None:

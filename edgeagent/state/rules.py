@@ -136,3 +136,25 @@ def count_boot(st: State, max_crashes: int, *, alt_verifies: bool, counts: bool 
         stuck = True
     st.boots = {"slot": st.active, "sha256": (st.slots.get(st.active) or SlotInfo()).sha256, "count": count}
     return event, stuck
+
+
+def matches(info: SlotInfo | None, ref: object) -> bool:
+    """`ref` names this slot's model: its version (an integer) or its sha256 (or a prefix of at
+    least 12 hex digits)."""
+    if info is None:
+        return False
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        return info.version == ref
+    return isinstance(ref, str) and len(ref) >= 12 and bool(info.sha256) and info.sha256.startswith(ref.lower())
+
+
+def rollback_needed(st: State, *, leave: object = None, to: object = None) -> str | None:
+    """Why a conditional rollback has nothing to do (None: it must roll back). A repeated
+    `rollback {"leave": 3}` (a QoS 1 redelivery, a second press, a controller's retry) finds v3
+    no longer serving and does nothing, instead of toggling back to it."""
+    active = st.slots.get(st.active)
+    if leave is not None and not matches(active, leave):
+        return f"the model to leave ({leave}) is not serving; v{active.version if active else '?'} is"
+    if to is not None and matches(active, to):
+        return f"v{active.version if active else '?'} ({to}) is already serving"
+    return None

@@ -214,6 +214,18 @@ class SlotStore:
             st.boots = {**st.boots, "count": 0}
             self._write(st)
 
+    def _boot_write(self, st: State, events: list) -> bool:
+        """Persist a boot decision; on a full or read-only disk, go on with it in memory (the
+        daemon serves read-only and says so) rather than end the daemon. False when not written."""
+        try:
+            self._write(st)
+            return True
+        except OSError as e:
+            if not any(ev.get("event") == "state.read_only" for ev in events):
+                log.error("state cannot be written (%s): serving read-only", e.strerror or e)
+                events.append({"event": "state.read_only", "reason": f"{e.strerror or e}"})
+            return False
+
     def boot(self, *, model_name: str, initial: str, initial_version: int, max_attempts: int,
              max_crashes: int = 3) -> BootPlan:
         """Decide which slot to serve at start, persisting every decision before it is acted on."""
@@ -239,7 +251,13 @@ class SlotStore:
                     events.append(ev)
             else:
                 self._count_boot(st, max_crashes, events)
-            self._write(st)  # the attempt is counted before the model is loaded
+            if not self._boot_write(st, events) and st.trial:  # the attempt is counted before the model is loaded
+                # read-only (a full disk): an attempt that cannot be counted must not be retried
+                # forever; serve the model the trial came from, which is known good
+                st.active, st.trial = st.trial["from"], None
+                events.append({"event": "rollback", "reason": "state is read-only: the trial's attempt cannot be "
+                                                              "counted; serving the model it came from",
+                               "slot": st.active})
             cur_info = st.slots.get(st.active)
             if cur_info is None or cur_info.status not in ("good", "trial") or not self.verify_slot(st.active, st):
                 cur = st.active
@@ -267,7 +285,7 @@ class SlotStore:
                     st.slots[slot] = info
                     st.active, st.trial = slot, None
                     events.append({"event": "state.seeded", "slot": slot, "reason": f"slot {cur}: {why}"})
-                self._write(st)
+                self._boot_write(st, events)
             return BootPlan(st.active, self.slot_path(st.active), st.slots[st.active], st.trial, events)
 
     # -- install ----------------------------------------------------------------------------

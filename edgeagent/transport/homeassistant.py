@@ -65,8 +65,12 @@ def discovery_payload(*, device_id: str, topic_prefix: str, agent_version: str, 
                          "entity_category": "config"},
         f"{uid}_rollback": {"p": "button", "name": "Roll back model", "unique_id": f"{uid}_rollback",
                             "command_topic": f"{P}/cmd", "entity_category": "config", "icon": "mdi:undo",
+                            # leave: the version serving when this was published (discovery is
+                            # republished on every model change), so a second press does nothing
                             "payload_press": json.dumps({"id": "homeassistant-rollback", "op": "rollback",
-                                                         "args": {"reason": "Home Assistant"}})},
+                                                         "args": {"reason": "Home Assistant", **(
+                                                             {"leave": model["version"]}
+                                                             if isinstance(model.get("version"), int) else {})}})},
         f"{uid}_commit": {"p": "button", "name": "Commit model", "unique_id": f"{uid}_commit",
                           "command_topic": f"{P}/cmd", "entity_category": "config", "icon": "mdi:check",
                           "payload_press": json.dumps({"id": "homeassistant-commit", "op": "commit", "args": {}})},
@@ -132,6 +136,7 @@ class Discovery:
         self.topic_prefix = topic_prefix
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._last_state: dict | None = None
+        self._announced_version: object = None
 
     def attach(self) -> None:
         self.transport.watch(f"{self.prefix}/status", self._on_ha_status)
@@ -155,6 +160,8 @@ class Discovery:
                 break
         if not self.transport.connected:
             return
+        if self._announced_version != self.source.model_info.get("version"):
+            announce = True  # the rollback button names the version it leaves
         if announce:
             self.publish_discovery()
             self._last_state = None
@@ -165,6 +172,7 @@ class Discovery:
         zones = list(((a.last_telemetry or {}).get("thermal") or {}).keys()) or a.thermal_zones()
         from edgeagent import __version__
 
+        self._announced_version = a.model_info.get("version")
         doc = discovery_payload(device_id=self.device_id, topic_prefix=self.topic_prefix,
                                 agent_version=__version__, model=a.model_info, thermal_zones=zones)
         self.transport.publish_topic(discovery_topic(self.prefix, self.device_id),

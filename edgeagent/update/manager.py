@@ -10,6 +10,7 @@ store (whose rules pick every rollback target).
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -17,7 +18,8 @@ from typing import Any, Callable
 
 from edgeagent.config import Config
 from edgeagent.control.dispatcher import DEFERRED, Context, Dispatcher, Request, require
-from edgeagent.errors import CommandError, EdgeAgentError, TransportError
+from edgeagent.errors import CommandError, EdgeAgentError, StateError, TransportError
+from edgeagent.state import rules
 from edgeagent.state.model import BootPlan
 from edgeagent.state.store import SlotStore
 from edgeagent.update.cancel import Cancel
@@ -237,6 +239,14 @@ class UpdateManager:
                 return
             self.events.emit("update.rejected", version=version, code=e.code, reason=e.message)
             self._answer(err=e)
+        except OSError as e:  # the state or staging filesystem refused a write (full, read-only)
+            log.error("update to v%s: %s", version, e)
+            self.pending.forget()
+            self._clean_staging(staging, set())
+            err = UpdateRejected("update.no_space" if e.errno == errno.ENOSPC else "update.io_error",
+                                 f"{e.strerror or e}: {getattr(e, 'filename', None) or ''}".rstrip(": "))
+            self.events.emit("update.rejected", version=version, code=err.code, reason=err.message)
+            self._answer(err=err)
         except Exception as e:  # noqa: BLE001 - a bug must answer, not hang the caller
             log.exception("update failed")
             self.pending.forget()
@@ -285,6 +295,10 @@ class UpdateManager:
 
     def op_rollback(self, args: dict, ctx: Context) -> dict:
         reason = require(args, "reason", str, optional=True, default="manual rollback")
+        noop = self._rollback_noop(args)
+        if noop is not None:
+            return noop
+        self.trials.stop_watching()  # a model committed by command is rolled back as a committed one
         if self.trials.on_trial:
             return self.trials.rollback(reason)
         if self._busy.locked():
@@ -295,6 +309,25 @@ class UpdateManager:
             if self.trials.on_trial:  # it had just switched: roll that trial back
                 return self.trials.rollback(reason)
         return self.switcher.rollback_committed(reason)
+
+
+    def _rollback_noop(self, args: dict) -> dict | None:
+        """A conditional rollback ("leave": the model to leave, "to": the one to return to, each a
+        version or a sha256) that has nothing to do answers so, instead of toggling."""
+        leave = require(args, "leave", (int, str), optional=True)
+        to = require(args, "to", (int, str), optional=True)
+        if leave is None and to is None:
+            return None
+        st = self.store.state()
+        why = rules.rollback_needed(st, leave=leave, to=to)
+        if why is not None:
+            info = st.slots[st.active]
+            return {"slot": st.active, "version": info.version, "rolled_back": False, "note": why}
+        if to is not None:
+            target = self.store.rollback_target(st)
+            if not rules.matches(st.slots[target], to):
+                raise StateError("state.no_rollback_target", f"slot {target} holds v{st.slots[target].version}, not {to}")
+        return None
 
 
 def _request_of(ctx: Context | None) -> dict | None:

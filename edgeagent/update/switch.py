@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from edgeagent.state.model import State
 from edgeagent.state.store import SlotStore
 from edgeagent.update.ports import EventSink, ModelHost
 
@@ -65,8 +66,10 @@ class Switcher:
                                   f"{loop.model_stalled_s():.1f} s; restarting on the state just persisted")
         return None
 
-    def refresh_model_info(self) -> None:
-        st = self.store.state()
+    def refresh_model_info(self, st: State | None = None) -> None:
+        """The served model's identity from state.json (or `st`, what is served in memory when
+        state could not be written)."""
+        st = st or self.store.state()
         info = st.slots[st.active]
         self.host.set_model_info({"name": info.model, "version": info.version, "slot": st.active,
                                   "sha256": info.sha256, "trial": bool(st.trial)})
@@ -77,13 +80,24 @@ class Switcher:
         with self.lock:
             to = self.store.rollback_target()
             model = self.load_warm(self.store.slot_path(to))
-            frm = self.store.state().active
-            st = self.store.rollback(reason, mark_bad=False)
+            before = self.store.state()
+            frm = before.active
+            from_version = before.slots[frm].version if before.slots.get(frm) else None
+            try:
+                st = self.store.rollback(reason, mark_bad=False)
+                persisted = True
+            except OSError as e:  # a full disk: roll back in memory all the same, and say so
+                log.error("rollback not written (%s): swapping in memory; the next start serves slot %s again",
+                          e.strerror or e, frm)
+                st, persisted = before, False
+                st.active, st.trial = to, None
             old = self.swap(model, self.host.stall_limit_s())
-            self.refresh_model_info()
+            self.refresh_model_info(st)
         if old is not None:
             old.close()
         info = st.slots[st.active]
-        self.events.emit("rollback", slot=st.active, version=info.version, **{"from": frm}, reason=reason)
-        return {"slot": st.active, "version": info.version, "from": frm, "restarting": old is None}
+        self.events.emit("rollback", slot=st.active, version=info.version, **{"from": frm}, from_version=from_version,
+                         reason=reason)
+        return {"slot": st.active, "version": info.version, "from": frm, "from_version": from_version,
+                "rolled_back": True, "restarting": old is None, **({} if persisted else {"persisted": False})}
 

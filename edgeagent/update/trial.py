@@ -16,6 +16,7 @@ from typing import Any, Callable
 from edgeagent.config import UpdateConfig
 from edgeagent.errors import EdgeAgentError, ModelError, StateError
 from edgeagent.runtime.loop import Shadow
+from edgeagent.state.model import other
 from edgeagent.state.rules import before_of
 from edgeagent.state.store import SlotStore
 from edgeagent.update.errors import UpdateRejected
@@ -27,6 +28,7 @@ from edgeagent.update.switch import Switcher, rss_mb
 log = logging.getLogger("edgeagent.update")
 
 PROBATION_TICK_S = 0.1
+COMMIT_RETRY_S = 5.0  # a commit the disk refused is tried again this often
 
 
 class _Trial:
@@ -37,6 +39,7 @@ class _Trial:
         self.shadow = shadow  # the previous model re-run on live frames (paired judgement)
         self.before = before  # {"invoke_p50_ms", "rss_mb"} of the previous model
         self.started = time.monotonic()
+        self.committed = False  # committed by command: watched until its probation would have ended
 
     def after(self, counters: dict) -> dict:
         """The new model's figures, measured the same way as `before`."""
@@ -60,7 +63,19 @@ class Trials:
 
     @property
     def on_trial(self) -> bool:
+        """On trial, or committed by command and still watched (a new update waits for either)."""
         return self._trial is not None
+
+    @property
+    def watching(self) -> bool:
+        t = self._trial
+        return t is not None and t.committed
+
+    def stop_watching(self) -> None:
+        """A command acts on the committed model (a manual rollback): the watch ends first."""
+        t = self._trial
+        if t is not None and t.committed:
+            self._end_watch(t)
 
     def status(self) -> dict | None:
         st = self.store.state()
@@ -146,7 +161,9 @@ class Trials:
             v = judge(loop.counters.to_dict(), shadow, trial.limits, time.monotonic() - trial.started,
                       loop.model_stalled_s())
             try:
-                if v.decision == "commit":
+                if v.decision == "commit" and trial.committed:
+                    self._end_watch(trial)
+                elif v.decision == "commit":
                     self._commit(trial, v.reason)
                 elif v.decision == "rollback":
                     self._rollback(trial, f"{v.code}: {v.reason}", automatic=True)
@@ -154,16 +171,29 @@ class Trials:
                     continue
             except StateError as e:  # a command decided first (commit / rollback)
                 log.info("probation verdict %s not applied: %s", v.decision, e)
-            except EdgeAgentError as e:
-                log.error("probation verdict %s failed: %s", v.decision, e)
+            except OSError as e:  # the commit could not be written (a full disk): stay on trial, try again
+                log.error("probation verdict %s not written (%s); trying again", v.decision, e.strerror or e)
+                if self._stop.wait(COMMIT_RETRY_S):
+                    return
+                continue
+            except Exception as e:  # noqa: BLE001 - the judge's thread must end with a decision logged
+                log.exception("probation verdict %s failed: %s", v.decision, e)
             return
 
     # -- end ----------------------------------------------------------------------------------
     def commit(self, reason: str = "committed by command") -> dict:
+        """Commit now, as the operator asks; the judge keeps watching until the probation would
+        have ended, and rolls the model back if it fails there (a commit is not a way to skip the
+        checks: a model that turns NaN after the button is pressed still goes)."""
         trial = self._trial
-        if trial is None:
-            raise StateError("state.no_trial", "no model is on trial")
-        return self._commit(trial, reason)
+        if trial is None or trial.committed:
+            raise StateError("state.no_trial", "no model is on trial" if trial is None else
+                             "already committed; watched until its probation would have ended")
+        try:
+            return self._commit(trial, reason, watch=True)
+        except OSError as e:
+            raise StateError("state.write_failed", f"the commit could not be written ({e.strerror or e}); "
+                                                   "the model stays on trial") from None
 
     def rollback(self, reason: str, *, automatic: bool = False) -> dict:
         trial = self._trial
@@ -171,21 +201,40 @@ class Trials:
             raise StateError("state.no_trial", "no model is on trial")
         return self._rollback(trial, reason, automatic=automatic)
 
-    def _commit(self, trial: _Trial, reason: str) -> dict:
+    def _commit(self, trial: _Trial, reason: str, *, watch: bool = False) -> dict:
         with self.switcher.lock:
-            if self._trial is not trial:
+            if self._trial is not trial or trial.committed:
                 raise StateError("state.no_trial", "no model is on trial")
-            st = self.store.commit()
-            self._trial = None
-            self.host.loop.set_shadow(None)
+            st = self.store.commit()  # OSError (a full disk): still on trial, nothing changed
+            counters = self.host.loop.counters.to_dict()
+            watching = watch and (time.monotonic() - trial.started < trial.limits.probation_s
+                                  or counters["frames"] < trial.limits.min_inferences)
+            if watching:
+                trial.committed = True  # the previous model stays loaded, the judge goes on
+            else:
+                self._trial = None
+                self.host.loop.set_shadow(None)
             self.switcher.refresh_model_info()
-        counters = self.host.loop.counters.to_dict()
-        if trial.previous is not None:
+        if not watching and trial.previous is not None:
             trial.previous.close()
         info = st.slots[st.active]
         self.events.emit("update.committed", version=info.version, slot=st.active, reason=reason,
-                         before=trial.before, after=trial.after(counters))
-        return {"slot": st.active, "version": info.version, "status": "good"}
+                         before=trial.before, after=trial.after(counters),
+                         **({"watched_s": round(trial.limits.probation_s - (time.monotonic() - trial.started), 1)}
+                            if watching else {}))
+        return {"slot": st.active, "version": info.version, "status": "good",
+                **({"watched": True} if watching else {})}
+
+    def _end_watch(self, trial: _Trial) -> None:
+        """A model committed by command passed what its probation would have judged."""
+        with self.switcher.lock:
+            if self._trial is not trial:
+                return
+            self._trial = None
+            self.host.loop.set_shadow(None)
+        if trial.previous is not None:
+            trial.previous.close()
+        log.info("v%s: the probation it was committed ahead of has passed", self.host.model_info.get("version"))
 
     def _rollback(self, trial: _Trial, reason: str, *, automatic: bool) -> dict:
         loop = self.host.loop
@@ -195,18 +244,30 @@ class Trials:
             previous = trial.previous
             if previous is None:  # after a restart whose previous model did not load
                 previous = self.host.load_model(self.store.slot_path(self.store.rollback_target()))
-            bad_version = self.store.state().slots[trial.slot].version
+            st = self.store.state()
+            bad_version = st.slots[trial.slot].version
             after = trial.after(loop.counters.to_dict())
-            st = self.store.rollback(reason, mark_bad=True)  # persisted before the swap back
+            persisted = True
+            if trial.committed:
+                reason = f"{reason} (after a commit by command)"
+            try:
+                st = self.store.rollback(reason, mark_bad=automatic or not trial.committed)  # before the swap back
+            except OSError as e:
+                # a full disk: the model is taken off the loop all the same; state.json still says
+                # trial, and the next start counts that as a failed attempt and rolls it back
+                persisted = False
+                log.error("rollback of v%s not written (%s): swapping back in memory", bad_version, e.strerror or e)
+                st.active, st.trial = st.trial["from"] if st.trial else other(st.active), None
             loop.set_shadow(None)
             failed = self.switcher.swap(previous, trial.limits.stall_s)
             self._trial = None
-            self.switcher.refresh_model_info()
+            self.switcher.refresh_model_info(st)
         if failed is not None and failed is not previous:
             failed.close()
         info = st.slots[st.active]
         self.events.emit("update.rolled_back", version=bad_version, to_version=info.version, slot=st.active,
                          reason=reason, automatic=automatic, before=trial.before, after=after,
-                         restarting=failed is None)
+                         restarting=failed is None, **({} if persisted else {"persisted": False}),
+                         **({"after_commit": True} if trial.committed else {}))
         return {"slot": st.active, "version": info.version, "rolled_back": bad_version, "reason": reason,
-                "restarting": failed is None}
+                "restarting": failed is None, **({} if persisted else {"persisted": False})}

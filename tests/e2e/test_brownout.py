@@ -35,10 +35,21 @@ def _cut_starts(tmp_path, cfg, n: int, *, reboot: bool) -> None:
 
 
 def test_power_cuts_do_not_roll_back_a_committed_model(tmp_path, model_path):
+    started: list[Daemon] = []
+    try:
+        _brownouts(tmp_path, model_path, started)
+    finally:
+        for d in started:
+            if d.proc is not None and d.proc.poll() is None:
+                d.stop()
+
+
+def _brownouts(tmp_path, model_path, started) -> None:
     generate_keypair(tmp_path / "k1")
     cfg = base_config(tmp_path, model_path, update={**trusted(tmp_path, "k1"), "probation_s": 0.5,
                                                     "min_inferences": 5, "max_crash_restarts": 3})
     d = Daemon(tmp_path, cfg, name="install").start()
+    started.append(d)
     rel = release(tmp_path, tmp_path, model(tmp_path, "v2.tflite", version_tag=2), 2, base=model_path)
     r = cli(d.config_path, "install", rel["manifest"], "--payload", rel["payload"], "--wait")
     assert r.returncode == 0, r.stderr
@@ -48,6 +59,7 @@ def test_power_cuts_do_not_roll_back_a_committed_model(tmp_path, model_path):
 
     _cut_starts(tmp_path, cfg, 4, reboot=True)
     d = Daemon(tmp_path, cfg, name="after-brownouts").start()
+    started.append(d)
     st = d.call("slots")
     assert d.call("status")["model"]["version"] == 2, st
     assert st["active"] == "b" and st["slots"][1]["status"] == "good", st
@@ -58,6 +70,7 @@ def test_power_cuts_do_not_roll_back_a_committed_model(tmp_path, model_path):
     shutil.copytree(saved, tmp_path / "state")
     _cut_starts(tmp_path, cfg, 4, reboot=False)
     d = Daemon(tmp_path, cfg, name="after-crashes").start()
+    started.append(d)
     st = d.call("slots")
     assert d.call("status")["model"]["version"] == 1
     assert st["slots"][1]["status"] == "bad" and st["slots"][1]["reason"].startswith("crash_loop: 3"), st

@@ -109,9 +109,21 @@ def test_discovery_matches_the_schema_and_drives_the_device(tmp_path, broker, pe
     button = next(c for c in by_platform["button"] if c["name"] == "Commit model")
     p.c.publish(button["command_topic"], button["payload_press"], qos=1)  # what pressing it does
     p.event("update.committed", version=2, start=start)
-    rollback = next(c for c in by_platform["button"] if c["name"] == "Roll back model")
+    # discovery is republished with the new model: its rollback button names the version it leaves,
+    # so a second press (or the stale button of v1) cannot toggle back
+    old_button = next(c for c in by_platform["button"] if c["name"] == "Roll back model")
+    assert json.loads(old_button["payload_press"])["args"]["leave"] == 1
+    newer = p.wait(lambda t, b: t == DISCOVERY and isinstance(b, dict) and any(
+        c["name"] == "Roll back model" and json.loads(c["payload_press"])["args"].get("leave") == 2
+        for c in b["cmps"].values()), start=start)
+    rollback = next(c for c in newer["cmps"].values() if c["name"] == "Roll back model")
     p.c.publish(rollback["command_topic"], rollback["payload_press"], qos=1)
     p.event("rollback", version=1, start=start)
+    n_roll = sum(1 for t, b, _ in p.msgs if t == f"{P}/events" and b.get("event") == "rollback")
+    p.c.publish(rollback["command_topic"], rollback["payload_press"], qos=1)  # pressed twice
+    time.sleep(1.0)
+    assert sum(1 for t, b, _ in p.msgs if t == f"{P}/events" and b.get("event") == "rollback") == n_roll
+    assert d.call("status")["model"]["version"] == 1
 
     # -- Home Assistant restarts and announces itself: the device publishes discovery again ------
     n = sum(1 for t, _, _ in p.msgs if t == DISCOVERY)
