@@ -55,6 +55,35 @@ def cmd_push(args: argparse.Namespace) -> int:
         pub.close()
 
 
+DEVICE_WAIT_S = 3.0  # retained messages arrive at once; this is for a slow bridge
+
+
+def _device_status(pub: MqttClient, template: str, device: str) -> dict:
+    """The device's retained P/status, or push.device_unknown (with the devices that do exist)
+    within a few seconds, instead of waiting the whole --timeout for a device that is not there."""
+    parts = template.rstrip("/").split("/")
+    at = parts.index("{device_id}") if "{device_id}" in parts else None
+    mine = "/".join(p.replace("{device_id}", device) for p in parts) + "/status"
+    pub.subscribe("/".join("+" if p == "{device_id}" else p for p in parts) + "/status")
+    seen: set[str] = set()
+    deadline = time.monotonic() + DEVICE_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            msg = pub.inbox.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if msg.topic == mine:
+            try:
+                body = json.loads(msg.payload)
+            except (ValueError, RecursionError):
+                body = None
+            return body if isinstance(body, dict) else {}
+        if at is not None and msg.payload:
+            seen.add(msg.topic.split("/")[at])
+    raise TransportError("push.device_unknown", f"no retained status for {mine.rsplit('/', 1)[0]}; devices seen: "
+                                                f"{', '.join(sorted(seen)) or 'none'}")
+
+
 def _push(pub: MqttClient, args: argparse.Namespace, envelope: dict, mpath: Path, prefix: str, version: Any) -> int:
     tty = sys.stderr.isatty() and not args.json
 
@@ -62,6 +91,10 @@ def _push(pub: MqttClient, args: argparse.Namespace, envelope: dict, mpath: Path
         if not args.json:
             print(text, file=sys.stderr if tty else sys.stdout, flush=True)
 
+    status = _device_status(pub, args.topic_prefix, args.device)
+    if status.get("state") != "online":
+        say(f"device {args.device} is {status.get('state', 'unknown')} ({status.get('reason', '')}): the update "
+            f"waits for it, up to --timeout {args.timeout:.0f} s")
     rid = f"push-{secrets.token_hex(6)}"
     reply_topic = f"{prefix}/cmd/reply/{rid}" if pub.v5 else f"{prefix}/cmd/reply"
     pub.subscribe(reply_topic)

@@ -31,6 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json(p)
     p.set_defaults(func=cmd_commit)
 
+    p = sub.add_parser("reset", help="clear the slots and trial state (daemon stopped); the next start seeds "
+                                     "model.initial; keeps the anti-rollback versions")
+    p.add_argument("--yes", action="store_true", help="do not ask")
+    p.add_argument("--forget-versions", action="store_true",
+                   help="also forget the anti-rollback high-water marks (an older version may then be installed)")
+    add_json(p)
+    p.set_defaults(func=cmd_reset)
+
     p = sub.add_parser("install", help="install an update bundle (same path as an MQTT update)")
     p.add_argument("manifest", help="signed manifest (.json)")
     p.add_argument("--payload", help="payload file or URL (default: the manifest's payload name beside it)")
@@ -153,6 +161,38 @@ def cmd_commit(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     r, mode = _live_or_offline(cfg, "commit", {}, lambda: _offline_commit(cfg))
     return _print_result(args, r, mode, f"committed ({mode}): slot {r['slot']} v{r['version']} is good")
+
+
+# -- reset ------------------------------------------------------------------------------------
+def cmd_reset(args: argparse.Namespace) -> int:
+    from edgeagent.state.lock import DaemonLock
+
+    cfg = load_config(args)
+    try:
+        with ControlClient(cfg.control.socket, timeout=5.0):
+            raise EdgeAgentError("reset.daemon_running", "the daemon is running: stop it first "
+                                                         "(systemctl stop edgeagent)")
+    except DaemonNotRunning:
+        pass
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CommandError("cmd.bad_args", "reset clears the model slots: confirm with --yes")
+        answer = input(f"clear the model slots and trial state in {cfg.state_dir}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise CommandError("cmd.cancelled", "nothing was changed")
+    lock = DaemonLock(cfg.state_dir)
+    lock.acquire()  # state.in_use when a daemon serves this directory with another socket
+    try:
+        r = _store(cfg).reset(forget_versions=args.forget_versions)
+    finally:
+        lock.release()
+    if args.json:
+        emit_json({"reset": True, **r})
+    else:
+        kept = ", ".join(f"{k} v{v}" for k, v in r["high_water"].items()) or "none"
+        print(f"reset {cfg.state_dir}: the next start seeds {cfg.model.initial or 'model.initial'}; "
+              f"anti-rollback versions kept: {kept}")
+    return 0
 
 
 # -- install ----------------------------------------------------------------------------------

@@ -4,17 +4,62 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 from edgeagent.config import Config
 from edgeagent.engine.model import Model
-from edgeagent.errors import ModelError
+from edgeagent.errors import ConfigError, ModelError, StateError
 from edgeagent.events import EventBus
 from edgeagent.service.host import ServingHost
 from edgeagent.service.sdnotify import Notifier
+from edgeagent.state.atomic import sha256_file
 from edgeagent.state.model import BootPlan
 from edgeagent.state.store import SlotStore
 
 log = logging.getLogger("edgeagent")
+
+
+RECOVERY = ("fix model.initial and run `edgeagent reset`, or install a good update offline with "
+            "`edgeagent install`")
+
+
+def check_initial(cfg: Config, store: SlotStore) -> None:
+    """model.initial seeds an empty state only, and only with a model this device can run: it is
+    loaded and invoked once in the health child first (a file that is no model, or one that crashes
+    the interpreter, is a configuration error, exit 2, and nothing is written)."""
+    m = cfg.model
+    st = store.state()
+    empty = st is not None and all(v is None for v in st.slots.values())  # after `edgeagent reset`
+    first = st is None and not (store.file.exists() or store.prev.exists() or store.anchor.exists())
+    if not (first or empty) or not m.initial or not os.path.isfile(m.initial):
+        return  # not a first start, or the store's own one-line error (no model.initial)
+    from edgeagent.update import health
+
+    req = health.HealthRequest(candidate=str(m.initial), baseline=None, frames_file="", manifest_io=None,
+                               max_latency_factor=cfg.update.max_latency_factor, max_latency_ms=None,
+                               backend=m.backend, num_threads=m.num_threads, input_mean=m.input_mean,
+                               input_std=m.input_std)
+    with tempfile.TemporaryDirectory(prefix="edgeagent-initial-") as work:
+        res = health.check(req, [], timeout_s=cfg.update.health_timeout_s, workdir=Path(work))
+    if not res.ok and res.code != "health.nonfinite":  # NaN on an all-zero frame says little
+        raise ConfigError("model.initial_invalid", f"model.initial {m.initial}: {res.code}: {res.reason}; "
+                                                   f"nothing was written")
+
+
+def note_initial(cfg: Config, store: SlotStore, plan: BootPlan) -> None:
+    """A model.initial that differs from every slot's model is not served: say so once, and how."""
+    m = cfg.model
+    if not m.initial or not os.path.isfile(m.initial):
+        return
+    st = store.state()
+    slots = [i for i in (st.slots.values() if st else []) if i is not None and i.sha256]
+    size = os.path.getsize(m.initial)
+    if any(i.size == size for i in slots) and sha256_file(m.initial) in {i.sha256 for i in slots}:
+        return
+    log.warning("model.initial %s is not the model serving (v%s from slot %s): it seeds an empty state only; "
+                "to serve it, publish it as a signed update, or run `edgeagent reset` (keeps the anti-rollback "
+                "versions) and start again", m.initial, plan.info.version, plan.slot)
 
 
 def boot_model(cfg: Config, store: SlotStore, host: ServingHost, notifier: Notifier,
@@ -26,6 +71,7 @@ def boot_model(cfg: Config, store: SlotStore, host: ServingHost, notifier: Notif
     paths += [store.slot_path(s) for s in ("a", "b")]
     size = max((os.path.getsize(p) for p in paths if os.path.isfile(p)), default=0)
     notifier.extend_timeout(60 + size / 10e6, "checking the model slots")
+    check_initial(cfg, store)
 
     def plan_boot() -> BootPlan:
         return store.boot(model_name=m.name, initial=m.initial, initial_version=m.initial_version,
@@ -39,11 +85,16 @@ def boot_model(cfg: Config, store: SlotStore, host: ServingHost, notifier: Notif
         model = host.load_model(plan.path)
     except ModelError as e:
         log.error("slot %s model does not load: %s", plan.slot, e)
-        store.rollback(f"load failed: {e.message}", mark_bad=True)
+        try:
+            store.rollback(f"load failed: {e.message}", mark_bad=True)
+        except StateError as no_target:
+            raise StateError("state.no_valid_model", f"slot {plan.slot}'s model does not load ({e.message}) and "
+                                                     f"{no_target.message}: {RECOVERY}", exit_code=2) from None
         events.emit("rollback", reason=f"slot {plan.slot} does not load: {e.code}", slot=plan.slot)
         plan = plan_boot()
         model = host.load_model(plan.path)
     info = plan.info
+    note_initial(cfg, store, plan)
     host.set_model_info({"name": info.model, "version": info.version, "slot": plan.slot, "sha256": info.sha256,
                          "trial": plan.trial is not None})
     events.emit("model.loaded", model=host.model_info, backend=model.backend)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeagent.errors import StateError
-from edgeagent.state import rules
+from edgeagent.state import anchor, rules
 from edgeagent.state.atomic import atomic_write_json, copy_durable, sha256_file
 from edgeagent.state.lock import StateLock
 from edgeagent.state.model import SLOTS, STATUSES, BootPlan, SlotInfo, State, now_rfc3339, other
@@ -31,7 +31,6 @@ __all__ = ["SLOTS", "STATUSES", "BootPlan", "SlotInfo", "SlotStore", "State", "T
 log = logging.getLogger("edgeagent.state")
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-ANCHOR_KEEP = 8  # good models remembered in the anchor file
 SLOT_FILE_MODE = 0o444  # a slot's model is never modified in place: it is replaced whole, or not at all
 
 
@@ -78,31 +77,10 @@ class SlotStore:
         return st
 
     def read_anchor(self) -> dict:
-        try:
-            a = json.loads(self.anchor.read_text())
-        except (OSError, ValueError):
-            return {"high_water": {}, "good": []}
-        hw = a.get("high_water") if isinstance(a, dict) else None
-        good = a.get("good") if isinstance(a, dict) else None
-        return {"high_water": {k: v for k, v in (hw or {}).items() if isinstance(k, str) and type(v) is int}
-                if isinstance(hw, dict) else {},
-                "good": [g for g in (good or []) if isinstance(g, dict) and isinstance(g.get("sha256"), str)
-                         and type(g.get("version")) is int] if isinstance(good, list) else []}
+        return anchor.read(self.anchor)
 
     def _update_anchor(self, st: State) -> None:
-        a = self.read_anchor()
-        hw = dict(a["high_water"])
-        for k, v in st.high_water.items():
-            hw[k] = max(int(v), int(hw.get(k, 0)))
-        good = list(a["good"])
-        known = {g["sha256"] for g in good}
-        for info in st.slots.values():
-            if info is not None and info.status == "good" and info.sha256 and info.sha256 not in known:
-                good.append({"sha256": info.sha256, "model": info.model, "version": info.version or 0})
-                known.add(info.sha256)
-        new = {"high_water": hw, "good": good[-ANCHOR_KEEP:]}
-        if new != a:
-            atomic_write_json(self.anchor, new, mode=0o640)
+        anchor.update(self.anchor, st)
 
     def verify_slot(self, slot: str, st: State | None = None) -> bool:
         """The slot's model file is there, read-only, and hashes to what state.json says."""
@@ -274,11 +252,11 @@ class SlotStore:
                         st.slots[alt].status = "good"
                     events.append({"event": "rollback", "reason": f"slot {cur}: model file {why}", "slot": alt})
                 else:
-                    info = self._seed(cur if st.slots.get(alt) else alt, initial, model_name, initial_version) \
-                        if initial else None
+                    # seed the empty slot, keeping an unverified file for inspection
+                    slot = alt if st.slots.get(cur) is not None and st.slots.get(alt) is None else cur
+                    info = self._seed(slot, initial, model_name, initial_version) if initial else None
                     if info is None:
                         raise StateError("state.no_valid_model", f"{self.dir}: no slot holds a model that verifies")
-                    slot = cur if st.slots.get(alt) else alt
                     if slot != cur and st.slots.get(cur) is not None and st.slots[cur].status != "bad":
                         # the slot left behind keeps its file for inspection, not its good label
                         st.slots[cur].status, st.slots[cur].reason = "bad", f"model file {why}"
@@ -373,6 +351,29 @@ class SlotStore:
         return self._transition(change)
 
     # -- views ------------------------------------------------------------------------------
+    def reset(self, *, forget_versions: bool = False) -> dict:
+        """Clear the slots, the trial and the staging area (`edgeagent reset`, the daemon stopped):
+        the next start seeds model.initial. The anti-rollback high-water marks stay unless
+        forget_versions: a reset is a way out of a bad state, not around the version rule."""
+        import shutil
+
+        with self.lock:
+            st = self.state()
+            hw = dict(self.read_anchor()["high_water"])
+            for k, v in ((st.high_water if st else {}) or {}).items():
+                hw[k] = max(int(v), int(hw.get(k, 0)))
+            for d in ("slots", "staging"):
+                shutil.rmtree(self.dir / d, ignore_errors=True)
+            for f in (self.prev, self.dir / "rollout.json"):
+                f.unlink(missing_ok=True)
+            kept = {} if forget_versions else hw
+            self.anchor.unlink(missing_ok=True)
+            fresh = State(high_water=dict(kept))
+            fresh.generation = (st.generation if st else 0)
+            self.file.unlink(missing_ok=True)
+            self._write(fresh)
+            return {"high_water": kept, "forgot": hw if forget_versions else {}}
+
     def slots_table(self) -> dict:
         st = self.state() or State()
         rows = []

@@ -315,6 +315,20 @@ def test_push_cli_end_to_end(tmp_path, broker, peers, start_daemon, signer, mode
     assert d.call("status")["model"]["version"] == 2
 
 
+def test_push_to_a_device_that_does_not_exist_fails_in_seconds(tmp_path, broker, peers, start_daemon, signer,
+                                                                model_path):
+    """Issue 20, point 3: not ten minutes of silence, one line naming the devices that do exist."""
+    start_daemon(**mqtt_cfg(broker.port))
+    peers(broker.port).wait(lambda t, b: t == f"{P}/status")
+    rel = bundle(tmp_path, signer, model_path, 2)
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "edgeagent", "push", rel["manifest"], "--broker", f"127.0.0.1:{broker.port}",
+                        "--device", "dev1", "--wait"], capture_output=True, text=True, cwd=REPO, timeout=90)
+    assert r.returncode == 1 and time.monotonic() - t0 < 15
+    assert r.stderr.strip().splitlines()[-1] == ("edgeagent: push.device_unknown: no retained status for "
+                                                  "edgeagent/dev1; devices seen: test-dev")
+
+
 def test_a_telemetry_interval_of_a_tenth_of_a_second_is_honoured(tmp_path, broker, peers, start_daemon):
     """Intervals below the main loop's old fixed 0.5 s tick were silently stretched to it."""
     start_daemon(**mqtt_cfg(broker.port),
