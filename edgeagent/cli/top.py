@@ -277,11 +277,11 @@ def cmd_top(args: argparse.Namespace) -> int:
         if live:
             from rich.live import Live
 
-            with Live(view.renderable(), refresh_per_second=4, screen=False) as lv:
+            with Live(view.renderable(), refresh_per_second=4, screen=False) as lv, _QuitKey() as quit_key:
                 for _ in feed:
                     lv.update(view.renderable())
                     n += 1
-                    if args.count and n >= args.count:
+                    if (args.count and n >= args.count) or quit_key.pressed.is_set():
                         break
         else:
             for _ in feed:
@@ -292,3 +292,48 @@ def cmd_top(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+class _QuitKey:
+    """`q` (or Esc) quits the live view: the terminal in cbreak mode while it runs, a thread
+    watching stdin, the terminal restored on the way out whatever happens."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.pressed = threading.Event()
+        self._saved = None
+
+    def __enter__(self) -> "_QuitKey":
+        import threading
+
+        try:
+            import termios
+            import tty
+
+            self._fd = sys.stdin.fileno()
+            self._saved = termios.tcgetattr(self._fd)
+            tty.setcbreak(self._fd)
+        except (ImportError, OSError, ValueError, AttributeError):
+            return self  # no terminal on stdin: Ctrl-C still quits
+        threading.Thread(target=self._watch, name="top-keys", daemon=True).start()
+        return self
+
+    def _watch(self) -> None:
+        import os
+        import select
+
+        while not self.pressed.is_set():
+            try:
+                ready, _, _ = select.select([self._fd], [], [], 0.2)
+                if ready and os.read(self._fd, 1) in (b"q", b"Q", b"\x1b"):
+                    self.pressed.set()
+            except OSError:
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self.pressed.set()
+        if self._saved is not None:
+            import termios
+
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)

@@ -26,7 +26,7 @@ from edgeagent import __version__
 from edgeagent.config import Config
 from edgeagent.control.dispatcher import Dispatcher
 from edgeagent.control.server import ControlServer
-from edgeagent.errors import EdgeAgentError
+from edgeagent.errors import ConfigError, EdgeAgentError
 from edgeagent.events import EventBus
 from edgeagent.inputs.factory import make_source
 from edgeagent.inputs.resilient import ResilientSource
@@ -77,6 +77,7 @@ class Agent:
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._ready = threading.Event()
+        self._term = False  # SIGTERM/SIGINT arrived (set by the signal handler)
         self.reporter = Reporter(config=lambda: self.config, collector=self.telemetry, host=self.host,
                                  notifier=self.notifier, transport=lambda: self.transport,
                                  outputs=lambda: self.outputs, metrics=lambda: self.metrics,
@@ -119,6 +120,10 @@ class Agent:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.config
+        tf = cfg.metrics.textfile
+        if tf and not os.path.isdir(os.path.dirname(os.path.abspath(tf))):  # a configuration fault: say so now,
+            raise ConfigError("config.invalid", f"metrics.textfile {tf}: the folder "  # not every interval
+                                                f"{os.path.dirname(os.path.abspath(tf))} does not exist")
         # The control socket first (a second daemon with the same config stops here:
         # control.in_use), then one daemon per state directory (flock, held for life: a second one
         # with another socket stops here: state.in_use), both before state.json is touched.
@@ -126,7 +131,8 @@ class Agent:
         self.control = ControlServer(cfg.control.socket, self.dispatcher, self.events)
         self.control.start()
         self.daemon_lock.acquire()
-        model, self.boot_plan = boot_model(cfg, self.store, self.host, self.notifier, self.events)
+        model, self.boot_plan = boot_model(cfg, self.store, self.host, self.notifier, self.events,
+                                           stopping=lambda: self._term)
         self._observe_clock()
         source = ResilientSource(make_source(cfg.input, model.inputs[0]), on_state=self._on_input_state)
         source.open()
@@ -173,6 +179,12 @@ class Agent:
         log.info("serving %s v%s from slot %s (%s backend, input %s at %s Hz)",
                  self.model_info["name"], self.model_info["version"], self.model_info["slot"],
                  model.backend, cfg.input.source, cfg.input.rate_hz)
+
+    def _on_signal(self, sig: int, _frame: Any) -> None:
+        """Queue it (reentrant); a stop also sets a flag the start-up work (checking model.initial) polls."""
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            self._term = True
+        self._signals.put(sig)
 
     def _check_ready(self) -> bool:
         """READY=1 once the model serves: the first frame went through. With the input down
@@ -272,7 +284,7 @@ class Agent:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda s, _f: self._signals.put(s))
+            signal.signal(sig, self._on_signal)
         # `kill -USR1` dumps every thread's stack to stderr (the journal): for a daemon that hangs
         faulthandler.register(signal.SIGUSR1, all_threads=True)
         self.start()

@@ -6,16 +6,18 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from edgeagent.config import Config
 from edgeagent.engine.model import Model
-from edgeagent.errors import ConfigError, ModelError, StateError
+from edgeagent.errors import ConfigError, EdgeAgentError, ModelError, StateError
 from edgeagent.events import EventBus
 from edgeagent.service.host import ServingHost
 from edgeagent.service.sdnotify import Notifier
 from edgeagent.state.atomic import sha256_file
 from edgeagent.state.model import BootPlan
 from edgeagent.state.store import SlotStore
+from edgeagent.update.cancel import Cancel
 
 log = logging.getLogger("edgeagent")
 
@@ -24,7 +26,23 @@ RECOVERY = ("fix model.initial and run `edgeagent reset`, or install a good upda
             "`edgeagent install`")
 
 
-def check_initial(cfg: Config, store: SlotStore) -> None:
+class _UntilStopped(Cancel):
+    """A cancel that is set once the daemon is asked to stop (SIGTERM during the check)."""
+
+    def __init__(self, stopping: Callable[[], bool]) -> None:
+        super().__init__()
+        self._stopping = stopping
+
+    @property
+    def is_set(self) -> bool:
+        return self._stopping() or super().is_set
+
+    def check(self) -> None:
+        if self.is_set:
+            raise EdgeAgentError("service.stopped", "stopped while model.initial was being checked", exit_code=0)
+
+
+def check_initial(cfg: Config, store: SlotStore, stopping: Callable[[], bool] = lambda: False) -> None:
     """model.initial seeds an empty state only, and only with a model this device can run: it is
     loaded and invoked once in the health child first (a file that is no model, or one that crashes
     the interpreter, is a configuration error, exit 2, and nothing is written)."""
@@ -41,7 +59,8 @@ def check_initial(cfg: Config, store: SlotStore) -> None:
                                backend=m.backend, num_threads=m.num_threads, input_mean=m.input_mean,
                                input_std=m.input_std)
     with tempfile.TemporaryDirectory(prefix="edgeagent-initial-") as work:
-        res = health.check(req, [], timeout_s=cfg.update.health_timeout_s, workdir=Path(work))
+        res = health.check(req, [], timeout_s=cfg.update.health_timeout_s, workdir=Path(work),
+                           cancel=_UntilStopped(stopping))
     if not res.ok and res.code != "health.nonfinite":  # NaN on an all-zero frame says little
         raise ConfigError("model.initial_invalid", f"model.initial {m.initial}: {res.code}: {res.reason}; "
                                                    f"nothing was written")
@@ -63,7 +82,7 @@ def note_initial(cfg: Config, store: SlotStore, plan: BootPlan) -> None:
 
 
 def boot_model(cfg: Config, store: SlotStore, host: ServingHost, notifier: Notifier,
-               events: EventBus) -> tuple[Model, BootPlan]:
+               events: EventBus, stopping: Callable[[], bool] = lambda: False) -> tuple[Model, BootPlan]:
     m = cfg.model
     # seeding copies and hashes model.initial, and the slots are hashed: ask systemd for time
     # in proportion to the model (10 MB/s, a slow SD card) before that work, not after
@@ -71,7 +90,7 @@ def boot_model(cfg: Config, store: SlotStore, host: ServingHost, notifier: Notif
     paths += [store.slot_path(s) for s in ("a", "b")]
     size = max((os.path.getsize(p) for p in paths if os.path.isfile(p)), default=0)
     notifier.extend_timeout(60 + size / 10e6, "checking the model slots")
-    check_initial(cfg, store)
+    check_initial(cfg, store, stopping)
 
     def plan_boot() -> BootPlan:
         return store.boot(model_name=m.name, initial=m.initial, initial_version=m.initial_version,

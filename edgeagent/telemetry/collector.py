@@ -67,8 +67,7 @@ class TelemetryCollector:
         self.seq = 0
         self.started = time.monotonic()
         self._proc = psutil.Process()
-        self._proc.cpu_percent(None)
-        psutil.cpu_percent(None)
+        self.begin_window()
         self._cores = psutil.cpu_count() or 1
         self._last_count: int | None = None
         self._last_t = time.monotonic()
@@ -137,14 +136,21 @@ class TelemetryCollector:
                     "profile": self.profile}, None
         return None, None
 
+    def begin_window(self) -> None:
+        """The next sample's CPU figures count from now: called once the model is loaded, so the
+        first sample is not the start-up (imports, model load, slot hashing) reported as running cost."""
+        self._proc.cpu_percent(None)
+        psutil.cpu_percent(None)
+        self._last_t = time.monotonic()
+
     def collect(self, *, model: dict, inference: dict, extra: dict | None = None) -> dict:
         now = time.monotonic()
         if now - self._discovered > REDISCOVER_S:
             self._discover()
-        cpu = psutil.cpu_percent(None)
+        cpu: float | None = psutil.cpu_percent(None)
         vm = psutil.virtual_memory()
         with self._proc.oneshot():
-            agent_cpu = self._proc.cpu_percent(None)
+            agent_cpu: float | None = self._proc.cpu_percent(None)
             rss = self._proc.memory_info().rss
         try:
             load1 = os.getloadavg()[0]
@@ -169,8 +175,8 @@ class TelemetryCollector:
             "model": model,
             "inference": inference,
             "system": {
-                "cpu_percent": round(cpu, 1),
-                "agent_cpu_percent": round(agent_cpu, 1),
+                "cpu_percent": round(cpu, 1) if cpu is not None else None,
+                "agent_cpu_percent": round(agent_cpu, 1) if agent_cpu is not None else None,
                 "mem_percent": round(vm.percent, 1),
                 "agent_rss_mb": round(rss / (1 << 20), 1),
                 "load1": round(load1, 2) if load1 is not None else None,

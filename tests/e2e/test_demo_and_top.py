@@ -54,11 +54,13 @@ def test_top_in_a_real_terminal(start_daemon, tmp_path):
                 break
         assert "edgeagent top" in screen and "testmodel v1" in screen and "slot a" in screen, screen
         assert "latency ms" in screen and "p99" in screen and "events:" in screen, screen
-        subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
-        time.sleep(1.0)
-        alive = subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode == 0
-        if alive:
-            pane = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
-            assert "Traceback" not in pane
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)  # q quits (issue 20, point 7)
+        deadline = time.monotonic() + 5
+        alive = True
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode == 0
+        pane = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+        assert not alive, pane
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

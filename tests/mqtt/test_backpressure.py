@@ -41,6 +41,9 @@ def test_a_broker_that_stops_reading_does_not_slow_inference(tmp_path, broker, p
     peer = peers(broker.port)
     peer.wait(lambda t, b: t.endswith("/output") and len(b["outputs"][0]["values"]) == 2000)
     d.wait_for("WATCHDOG=1")
+    deadline = time.monotonic() + 10
+    while d.call("status")["telemetry"] is None and time.monotonic() < deadline:  # the first sample
+        time.sleep(0.1)
     fps_reading, stale_reading = _phase(d, 10.0)
 
     mosq = psutil.Process(broker.proc.pid)

@@ -329,6 +329,23 @@ def test_push_to_a_device_that_does_not_exist_fails_in_seconds(tmp_path, broker,
                                                   "edgeagent/dev1; devices seen: test-dev")
 
 
+def test_the_first_telemetry_sample_is_not_the_start_up(tmp_path, broker, peers, start_daemon):
+    """Issue 20, point 7: the start (imports, model load, slot hashing) is not reported as the
+    agent's running CPU or power: every sample, the first included, measures serving a tiny model
+    at 50 Hz."""
+    peer = peers(broker.port)  # subscribed to everything before the daemon starts
+    start_daemon(**mqtt_cfg(broker.port), telemetry={"interval_s": 0.5, "power_profile": "pi4",
+                                                     "sysfs_root": str(tmp_path / "nosys")})
+    peer.wait(lambda t, b: t == f"{P}/telemetry" and b["seq"] >= 3, 20)
+    samples = sorted({b["seq"]: b for t, b, _ in peer.msgs if t == f"{P}/telemetry"}.values(), key=lambda b: b["seq"])
+    first = samples[0]
+    assert first["seq"] == 0
+    assert first["system"]["agent_cpu_percent"] < 50, first["system"]
+    for later in samples[1:4]:
+        assert later["system"]["agent_cpu_percent"] is not None and later["system"]["agent_cpu_percent"] < 50, \
+            (later["seq"], later["system"], [(b["seq"], b["system"]["uptime_s"]) for b in samples])
+
+
 def test_a_telemetry_interval_of_a_tenth_of_a_second_is_honoured(tmp_path, broker, peers, start_daemon):
     """Intervals below the main loop's old fixed 0.5 s tick were silently stretched to it."""
     start_daemon(**mqtt_cfg(broker.port),

@@ -120,6 +120,19 @@ def test_bad_metrics_config_is_one_line_exit_2(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edgeagent: config.invalid: ")
     assert "metrics.textfile: must end in .prom" in lines[0]
+    # a folder that does not exist: one line at start, not a warning every interval (issue 20, point 7)
+    from tests.support.daemon import base_config
+    from edgeagent.engine import testmodels
+
+    m = testmodels.write_model(tmp_path / "m.tflite", kind="dense", input_shape=(1, 16), outputs=4, seed=1)
+    cfg = write_config(tmp_path / "d.toml", base_config(tmp_path, m, metrics={"textfile": str(tmp_path / "no/x.prom")}))
+    r = subprocess.run([sys.executable, "-m", "edgeagent", "-c", str(cfg), "run"], capture_output=True, text=True,
+                       cwd=REPO, timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("edgeagent: ")]
+    assert lines == [f"edgeagent: config.invalid: metrics.textfile {tmp_path}/no/x.prom: the folder {tmp_path}/no "
+                     f"does not exist"], r.stderr
+    assert not (tmp_path / "state" / "state.json").exists()
 
 
 def test_idle_connections_to_metrics_are_capped_and_timed_out(tmp_path, start_daemon):
