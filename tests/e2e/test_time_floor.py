@@ -39,6 +39,8 @@ def k1(tmp_path):
 def test_a_start_with_the_clock_at_2099_is_not_saved(tmp_path, start_daemon, model_path, k1):
     if not FAKETIME.exists():
         pytest.skip("needs libfaketime (Debian package libfaketime; .ci/run installs it)")
+    # a device in service (its state seeded), then a start with the clock stepped to 2099
+    start_daemon(update={**k1, "probation_s": 0.5, "min_inferences": 5}, name="seed").stop()
     env = {"LD_PRELOAD": str(FAKETIME), "FAKETIME": "@2099-01-01 00:00:00", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
     d = start_daemon(update={**k1, "probation_s": 0.5, "min_inferences": 5}, env=env, name="future")
     assert d.call("ping")["ts"] > datetime(2098, 1, 1, tzinfo=timezone.utc).timestamp()  # the fake clock took
