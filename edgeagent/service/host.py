@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable
+from typing import Callable
 
 from edgeagent.config import Config
 from edgeagent.engine.model import Model
@@ -66,6 +66,3 @@ class ServingHost:
         p50 = self.loop.counters.to_dict()["invoke_p50_ms"] or 0.0
         frame_s = max(1.0 / self.loop.rate_hz if self.loop.rate_hz else 0.0, p50 / 1e3)
         return stall_limit_s(frame_s, self._watchdog_s)
-
-    def model_summary(self) -> dict[str, Any]:
-        return {k: self.model_info.get(k) for k in ("name", "version", "slot", "sha256")}

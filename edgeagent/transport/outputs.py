@@ -43,7 +43,6 @@ class OutputPublisher:
         self._version = version
         self._q: queue.Queue = queue.Queue(maxsize=QUEUE_LEN)
         self.dropped = 0  # summaries not sent because the queue was full
-        self.sent = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -73,6 +72,5 @@ class OutputPublisher:
             try:
                 self._publish("output", {"ts": round(ts, 3), "model": version,
                                          "outputs": summary(names, outs, full=self._full)})
-                self.sent += 1
             except Exception:  # noqa: BLE001 - one bad output must not end the publisher
                 log.exception("output not published")

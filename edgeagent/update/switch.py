@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from edgeagent.state import rules
 from edgeagent.state.model import State
 from edgeagent.state.store import SlotStore
 from edgeagent.update.ports import EventSink, ModelHost
@@ -90,7 +91,7 @@ class Switcher:
                 log.error("rollback not written (%s): swapping in memory; the next start serves slot %s again",
                           e.strerror or e, frm)
                 st, persisted = before, False
-                st.active, st.trial = to, None
+                rules.apply_rollback(st, to, reason, mark_bad=False)  # the same decision, in memory
             old = self.swap(model, self.host.stall_limit_s())
             self.refresh_model_info(st)
         if old is not None:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from edgeagent.config import UpdateConfig
 from edgeagent.errors import EdgeAgentError, ModelError, StateError
 from edgeagent.runtime.loop import Shadow
-from edgeagent.state.model import other
+from edgeagent.state import rules
 from edgeagent.state.rules import before_of
 from edgeagent.state.store import SlotStore
 from edgeagent.update.errors import UpdateRejected
@@ -65,11 +65,6 @@ class Trials:
     def on_trial(self) -> bool:
         """On trial, or committed by command and still watched (a new update waits for either)."""
         return self._trial is not None
-
-    @property
-    def watching(self) -> bool:
-        t = self._trial
-        return t is not None and t.committed
 
     def stop_watching(self) -> None:
         """A command acts on the committed model (a manual rollback): the watch ends first."""
@@ -250,14 +245,16 @@ class Trials:
             persisted = True
             if trial.committed:
                 reason = f"{reason} (after a commit by command)"
+            mark_bad = automatic or not trial.committed
             try:
-                st = self.store.rollback(reason, mark_bad=automatic or not trial.committed)  # before the swap back
+                st = self.store.rollback(reason, mark_bad=mark_bad)  # persisted before the swap back
             except OSError as e:
-                # a full disk: the model is taken off the loop all the same; state.json still says
-                # trial, and the next start counts that as a failed attempt and rolls it back
+                # a full disk: the model is taken off the loop all the same (the same decision, in
+                # memory); state.json still says trial, and the next start counts that as a failed
+                # attempt and rolls it back
                 persisted = False
                 log.error("rollback of v%s not written (%s): swapping back in memory", bad_version, e.strerror or e)
-                st.active, st.trial = st.trial["from"] if st.trial else other(st.active), None
+                rules.apply_rollback(st, rules.rollback_target(st), reason, mark_bad=mark_bad)
             loop.set_shadow(None)
             failed = self.switcher.swap(previous, trial.limits.stall_s)
             self._trial = None
