@@ -102,6 +102,7 @@ class ModelConfig:
     )
     state_dir: str = "/var/lib/edgeagent"
     initial: str = ""
+    labels: str = ""  # one label per line, seeded with `initial` (updates carry their own)
     initial_version: int = _check(_min(1), default=1)
     backend: str = _check(_one_of("auto", "litert", "tflite"), default="auto")
     num_threads: int = _check(_range(0, 64), default=0)  # 0 = one per core
@@ -154,6 +155,7 @@ class InputConfig:
 class OutputConfig:
     publish: str = _check(_one_of("none", "summary", "full"), default="summary")
     max_rate_hz: float = _check(_min(0), default=1.0)
+    top_k: int = _check(_range(0, 100), default=5)  # classes named in each summary (output 0, a classifier's)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@
 # --prefix builds into another root (an image, even an empty directory): the user and groups go
 # into ROOT/etc/{passwd,group,shadow,gshadow} (no tool reads the host's), files are owned by the
 # ids from ROOT, and the venv's scripts name /opt/edgeagent/venv, the path once ROOT is /.
+# The venv is made for the image's own interpreter: its bin/python names /usr/bin/python3 (a
+# path inside ROOT once ROOT is /), never the build host's. The wheels pip picks are the host's,
+# so a ROOT whose python3 is another minor version or another architecture is refused: run
+# install.sh inside the image's chroot instead (pi-gen's on_chroot; qemu-user-static for arm64).
 # --system-site-packages lets the venv see apt-installed modules (picamera2 comes from apt as
 # python3-picamera2, not PyPI); it is on by default where the host's python imports picamera2.
 set -euo pipefail
@@ -30,7 +34,7 @@ while [ $# -gt 0 ]; do
     --start) START=1; shift ;;
     --system-site-packages) SYSTEM_SITE=1; shift ;;
     --no-system-site-packages) SYSTEM_SITE=0; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -46,6 +50,31 @@ STATE="$PREFIX/var/lib/edgeagent"
 say() { echo "install.sh: $*"; }
 
 die() { echo "install.sh: $*" >&2; exit 1; }
+
+# The image's python3: its minor version from the name /usr/bin/python3 links to, its
+# architecture from the ELF header (e_machine). Empty when ROOT has none yet.
+elf_arch() {
+  case "$(od -An -tu2 -j18 -N2 "$1" 2>/dev/null | tr -d ' ')" in
+    62) echo x86_64 ;; 183) echo aarch64 ;; 40) echo armv7l ;; 3) echo i686 ;; 243) echo riscv64 ;; *) echo unknown ;;
+  esac
+}
+HOST_VER=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+HOST_ARCH=$(uname -m)
+if [ -n "$PREFIX" ]; then
+  img_py="$PREFIX/usr/bin/python3"
+  if [ -e "$img_py" ] || [ -L "$img_py" ]; then
+    name=$(basename "$(readlink "$img_py" || echo python3)")
+    img_exe="$PREFIX/usr/bin/$name"
+    IMG_VER=$(echo "$name" | sed -n 's/^python\([0-9]*\.[0-9]*\)$/\1/p')
+    IMG_ARCH=$(elf_arch "$img_exe")
+    if [ "$IMG_VER" != "$HOST_VER" ] || [ "$IMG_ARCH" != "$HOST_ARCH" ]; then
+      echo "install.sh: $PREFIX has python${IMG_VER:-3 (version unknown)} for $IMG_ARCH, this host python$HOST_VER for $HOST_ARCH: run install.sh inside the image's chroot (as pi-gen's on_chroot does), not from this host" >&2
+      exit 2
+    fi
+  else
+    say "$PREFIX has no /usr/bin/python3 yet: the venv expects python$HOST_VER for $HOST_ARCH there"
+  fi
+fi
 
 # 1. the system user and group
 if [ -n "$PREFIX" ]; then
@@ -109,7 +138,12 @@ if [ "$SYSTEM_SITE" = auto ]; then
   SYSTEM_SITE=0
   if "$PYTHON" -c 'import picamera2' >/dev/null 2>&1; then SYSTEM_SITE=1; say "picamera2 found: the venv sees system site-packages"; fi
 fi
-if [ ! -x "$VENV/bin/python" ]; then
+if [ -n "$PREFIX" ] && [ -f "$VENV/pyvenv.cfg" ]; then
+  # an image's venv names the image's python: point it at this host's again for the build
+  site=$(sed -n 's/^include-system-site-packages = //p' "$VENV/pyvenv.cfg")
+  "$PYTHON" -m venv --upgrade "$VENV"
+  sed -i "s/^include-system-site-packages = .*/include-system-site-packages = ${site:-false}/" "$VENV/pyvenv.cfg"
+elif [ ! -x "$VENV/bin/python" ]; then
   mkdir -p "$(dirname "$VENV")"
   "$PYTHON" -m venv "$VENV" && say "created venv $VENV"
 fi
@@ -128,6 +162,13 @@ if [ -n "$PREFIX" ]; then
     [ -L "$f" ] || sed -i "s#$VENV#$final#g" "$f"
   done
   say "venv scripts point at $final (the path once $PREFIX is /)"
+  # the venv's interpreter is the image's /usr/bin/python3, not this host's
+  for f in "$VENV"/bin/python "$VENV"/bin/python3 "$VENV/bin/python$HOST_VER"; do
+    [ ! -L "$f" ] || [ "$(readlink "$f")" = python ] || [ "$(readlink "$f")" = python3 ] || ln -sfn /usr/bin/python3 "$f"
+  done
+  sed -i -e "s#^home = .*#home = /usr/bin#" -e "s#^executable = .*#executable = /usr/bin/python$HOST_VER#" \
+      -e "s#^command = .*#command = /usr/bin/python3 -m venv $final#" "$VENV/pyvenv.cfg"
+  say "venv interpreter: /usr/bin/python3 (python$HOST_VER, $HOST_ARCH) inside the image"
 fi
 
 # the command on PATH (README: `edgeagent ...`)

@@ -56,7 +56,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except DaemonNotRunning:
         st = offline_status(cfg)
     if args.json:
-        emit_json({k: st.get(k) for k in ("daemon", "model", "trial", "update", "telemetry") if k in st})
+        emit_json({k: st.get(k) for k in ("daemon", "model", "trial", "update", "telemetry", "output") if k in st})
         return 0
     print(render_status(st))
     return 0
@@ -68,7 +68,9 @@ def render_status(st: dict) -> str:
     m = st.get("model") or {}
     lines = [f"daemon:  {st['daemon']}" + ("" if st["daemon"] == "running" else " (showing the state directory)")]
     if m:
-        lines.append(f"model:   {m.get('name')} v{m.get('version')} in slot {m.get('slot')} (sha256 {str(m.get('sha256'))[:12]})")
+        labels = f", {m['labels']} labels" if m.get("labels") else ""
+        lines.append(f"model:   {m.get('name')} v{m.get('version')} in slot {m.get('slot')} "
+                     f"(sha256 {str(m.get('sha256'))[:12]}{labels})")
     else:
         lines.append("model:   none installed")
     trial = st.get("trial")
@@ -77,6 +79,10 @@ def render_status(st: dict) -> str:
     lines.append("update:  " + (f"{up.get('phase')} {up.get('percent', '')}%" if up else "none"))
     if st.get("telemetry"):
         lines.append("figures: " + figures_line(st["telemetry"]))
+    if st.get("output"):
+        from edgeagent.cli.output import render
+
+        lines.append("output:  " + render(st["output"]))
     return "\n".join(lines)
 
 

@@ -39,6 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="golden set checked before the switch: 'inputs' with 'labels' or expected 'outputs'")
     p.add_argument("--min-pass-pct", type=int, default=90, help="golden examples that must pass (default 90)")
     p.add_argument("--tol-e6", type=int, help="golden 'outputs' tolerance in millionths (default 1000)")
+    p.add_argument("--labels", metavar="FILE", help="the target's labels, one per line: signed into the manifest, "
+                                                    "stored beside the model on the device")
+    p.add_argument("--new-io", action="store_true",
+                   help="announce the target's inputs and outputs (signed.io): needed when they differ from the "
+                        "model it replaces, e.g. another number of classes")
     add_json(p)
     p.set_defaults(func=cmd_release)
 
@@ -72,6 +77,7 @@ def cmd_release(args: argparse.Namespace) -> int:
                                 ("min_agreement_pct", args.min_agreement_pct)) if v is not None}
     if args.golden:
         health["golden"] = golden_health(args.golden, args.min_pass_pct, args.tol_e6)
+    names, io = _labels_and_io(args)
     progress = None
     if sys.stderr.isatty() and not args.json:
         from rich.progress import Progress
@@ -84,7 +90,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         r = make_release(keys=args.key, target=Path(args.target), base=Path(args.base) if args.base else None,
                          model=args.model, version=args.version, out_dir=Path(args.out), force_full=args.full,
                          expires_days=args.expires_days, health=health or None, base_version=args.base_version,
-                         progress=progress, delta_method=args.delta)
+                         progress=progress, delta_method=args.delta, labels=names, io=io)
     finally:
         if progress:
             bar.stop()
@@ -97,6 +103,38 @@ def cmd_release(args: argparse.Namespace) -> int:
           f"{human_size(r['target_size'])} model)")
     print(f"manifest {r['manifest']} signed by {len(r['keyids'])} key(s)")
     return 0
+
+
+def _labels_and_io(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, dict | None]:
+    """--labels (checked against the target's output 0 when it is a classifier's) and --new-io
+    (the target's signature as signed.io); the target is loaded in the interpreter only for these."""
+    from edgeagent.state import labels
+
+    if not args.labels and not args.new_io:
+        return None, None
+    from edgeagent.engine.model import Model
+    from edgeagent.errors import ModelError
+
+    names = None
+    if args.labels:
+        try:
+            names = labels.read(args.labels)
+        except labels.LabelsError as e:
+            raise EdgeAgentError("release.bad_args", f"--labels {e}") from None
+    try:
+        model = Model.load(args.target, num_threads=1)
+    except ModelError as e:
+        raise EdgeAgentError("release.bad_args", f"--target {args.target}: {e.message}") from None
+    try:
+        sig = model.io_signature()
+    finally:
+        model.close()
+    why = labels.mismatch(names, sig["outputs"][0]["shape"]) if names is not None else None
+    if why:
+        raise EdgeAgentError("release.bad_args", f"--labels {args.labels}: {why} of {args.target}")
+    io = {side: [{"name": t["name"], "shape": t["shape"], "dtype": t["dtype"]} for t in sig[side]]
+          for side in ("inputs", "outputs")} if args.new_io else None
+    return names, io
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

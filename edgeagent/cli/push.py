@@ -39,6 +39,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_push)
 
 
+class _Probation:
+    """A line every few seconds while the new model is on probation: how far along, and what the
+    device's telemetry says of it (fps, p50, errors)."""
+
+    EVERY_S = 3.0
+
+    def __init__(self, version: int, say) -> None:
+        self.version, self.say = version, say
+        self.started: float | None = None
+        self.length: float | None = None
+        self.last_said = 0.0
+        self.figures: dict = {}
+
+    def begin(self, trial_event: dict) -> None:
+        if self.started is None:
+            self.started, self.last_said = time.monotonic(), time.monotonic()
+            self.length = trial_event.get("probation_s")
+
+    def tick(self, telemetry: dict | None) -> None:
+        if telemetry is not None and (telemetry.get("model") or {}).get("version") == self.version:
+            self.figures = telemetry.get("inference") or {}
+            if self.started is None and (telemetry.get("model") or {}).get("trial"):
+                self.started = self.last_said = time.monotonic()
+        now = time.monotonic()
+        if self.started is None or now - self.last_said < self.EVERY_S:
+            return
+        self.last_said = now
+        f = self.figures
+        p50 = (f.get("latency_ms") or {}).get("p50")
+        of = f" of {self.length:.0f}" if isinstance(self.length, (int, float)) else ""
+        figures = (f", {f.get('fps')} fps, p50 {p50} ms, {f.get('errors', 0)} errors" if f else "")
+        self.say(f"probation: {now - self.started:.0f}{of} s{figures}")
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     mpath = Path(args.manifest)
     try:
@@ -99,6 +133,8 @@ def _push(pub: MqttClient, args: argparse.Namespace, envelope: dict, mpath: Path
     reply_topic = f"{prefix}/cmd/reply/{rid}" if pub.v5 else f"{prefix}/cmd/reply"
     pub.subscribe(reply_topic)
     pub.subscribe(f"{prefix}/events")
+    if args.wait:
+        pub.subscribe(f"{prefix}/telemetry")  # figures for the progress lines during probation
     time.sleep(0.2)  # let the subscriptions land before the device can answer
 
     cmd_args: dict[str, Any] = {"manifest": envelope}
@@ -134,20 +170,33 @@ def _push(pub: MqttClient, args: argparse.Namespace, envelope: dict, mpath: Path
     reply: dict | None = None
     outcome: dict | None = None
     resent = 0
+    said: set[str] = set()  # each step once, whether the reply or the event comes first
+    probation = _Probation(version, say)
+
+    def once(key: str, line: str) -> None:
+        if key not in said:
+            said.add(key)
+            say(line)
+
     while time.monotonic() < deadline:
         try:
             msg = pub.inbox.get(timeout=0.5)
         except queue.Empty:
+            probation.tick(None)
             continue
         try:
             body = json.loads(msg.payload)
         except (ValueError, RecursionError):
             continue
+        if msg.topic.endswith("/telemetry"):
+            probation.tick(body if isinstance(body, dict) else None)
+            continue
+        probation.tick(None)
         if msg.topic == reply_topic and isinstance(body, dict) and body.get("id") == rid:
             reply = body
             if not body.get("ok"):
                 break
-            say(f"device: v{version} installed, on trial in slot {body['result'].get('slot')}")
+            once("trial", f"device: v{version} installed, on trial in slot {body['result'].get('slot')}")
             if not args.wait:
                 break
             continue
@@ -163,7 +212,8 @@ def _push(pub: MqttClient, args: argparse.Namespace, envelope: dict, mpath: Path
         if reply is None and ours and ev == "update.trial":
             reply = {"id": rid, "ok": True, "result": {"version": version, "slot": body.get("slot"), "state": "trial"},
                      "via": "events"}
-            say(f"device: v{version} installed, on trial in slot {body.get('slot')} (seen on its events)")
+            once("trial", f"device: v{version} installed, on trial in slot {body.get('slot')} (seen on its events)")
+            probation.begin(body)
             if not args.wait:
                 break
             continue
@@ -173,8 +223,11 @@ def _push(pub: MqttClient, args: argparse.Namespace, envelope: dict, mpath: Path
                 pub.publish(f"{prefix}/transfer/{body['id']}/{i}", chunks[i])
             resent += len(missing)
             say(f"device asked again for {len(missing)} chunk(s); re-sent")
-        elif ev in ("update.verified", "update.applied", "update.trial"):
-            say(f"device: {ev}")
+        elif ev in ("update.verified", "update.applied") and ours:
+            once(ev, f"device: {ev}")
+        elif ev == "update.trial" and ours:
+            once("trial", f"device: v{version} installed, on trial in slot {body.get('slot')}")
+            probation.begin(body)
         elif ev in ("update.committed", "update.rolled_back") and reply is not None and ours:
             outcome = body
             say(f"device: {ev}" + (f" ({body.get('reason')})" if ev == "update.rolled_back" else ""))

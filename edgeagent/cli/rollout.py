@@ -193,7 +193,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {t.line()}; failure {t.failure_pct:.0f}% (max {doc.criteria.max_failure_pct:g}%)")
         for k, v in t.to_json()["devices"].items():
             if v:
-                print(f"  {k}: {', '.join(v)}")
+                print(f"  {k}: {t.named(tuple(v))}")
         return 0
     finally:
         client.close()

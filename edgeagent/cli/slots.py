@@ -73,12 +73,13 @@ def _health_text(h: Any) -> str:
 
 
 def render_slots(table: dict) -> str:
-    rows = [("SLOT", "ROLE", "STATUS", "MODEL", "VERSION", "SHA256", "SIZE", "INSTALLED", "HEALTH")]
+    rows = [("SLOT", "ROLE", "STATUS", "MODEL", "VERSION", "SHA256", "SIZE", "LABELS", "INSTALLED", "HEALTH")]
     for s in table["slots"]:
         rows.append((
             s["slot"], s["role"], s["status"], s.get("model") or "-",
             str(s["version"]) if s.get("version") is not None else "-",
             (s.get("sha256") or "-")[:12], human_size(s.get("size")) if s.get("size") else "-",
+            str(s["labels"]) if s.get("labels") is not None else "-",
             s.get("installed_at") or "-", _health_text(s.get("health")),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

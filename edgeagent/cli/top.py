@@ -59,6 +59,7 @@ class TopView:
         self.trial: dict | None = None
         self.events: collections.deque = collections.deque(maxlen=8)
         self.p50_history: collections.deque = collections.deque(maxlen=60)
+        self.output: dict | None = None  # the latest output summary (P/output)
         self._last_seq = None
 
     def on_telemetry(self, t: dict | None) -> None:
@@ -75,7 +76,12 @@ class TopView:
             self.model = {**self.model, **st["model"]}
         self.update = st.get("update")
         self.trial = st.get("trial")
+        if st.get("output"):
+            self.on_output(st["output"])
         self.on_telemetry(st.get("telemetry"))
+
+    def on_output(self, msg: dict) -> None:
+        self.output = msg
 
     def on_event(self, ev: dict) -> None:
         if ev.get("event") in ("update.downloading",):
@@ -115,9 +121,14 @@ class TopView:
             out.append(f"throttled now: {', '.join(thr.get('now') or []) or 'no'}  since boot: "
                        f"{', '.join(thr.get('since_boot') or []) or 'no'}")
         sysm = t.get("system") or {}
-        out.append(f"cpu {_f(sysm.get('cpu_percent'), 0, '%')} (agent {_f(sysm.get('agent_cpu_percent'), 0, '%')})  "
+        out.append(f"system cpu {_f(sysm.get('cpu_percent'), 0, '%')} (of all cores)  "
+                   f"agent cpu {_f(sysm.get('agent_cpu_percent'), 0, '%')} (of one core)  "
                    f"mem {_f(sysm.get('mem_percent'), 0, '%')}  rss {_f(sysm.get('agent_rss_mb'), 1, ' MB')}  "
                    f"load {_f(sysm.get('load1'), 2)}")
+        if self.output:
+            from edgeagent.cli.output import render
+
+            out.append(f"output {render(self.output)}"[:160])
         if self.update:
             pct = self.update.get("percent")
             bar = ""
@@ -138,9 +149,11 @@ class TopView:
         lat = inf.get("latency_ms") or {}
         power = t.get("power") or {}
         m = self.model
+        best = ((self.output or {}).get("outputs") or [{}])[0].get("top") or []
+        top = f" top {best[0].get('label', '#' + str(best[0]['index']))} {best[0]['score']:.3f}" if best else ""
         return (f"{time.strftime('%H:%M:%S')} {self.device} {m.get('name', '-')} v{m.get('version', '-')} "
                 f"slot {m.get('slot', '-')} fps {_f(inf.get('fps'))} p50 {_f(lat.get('p50'), 2)} ms "
-                f"p99 {_f(lat.get('p99'), 2)} ms power {_f(power.get('total_w'), 2, ' W')}")
+                f"p99 {_f(lat.get('p99'), 2)} ms power {_f(power.get('total_w'), 2, ' W')}{top}")
 
     def renderable(self) -> Any:
         from rich.panel import Panel
@@ -182,7 +195,7 @@ def _mqtt_feed(args: argparse.Namespace, view: TopView) -> Iterator[None]:
     host, port = split_broker(args.mqtt)
     c = connect(args, args.mqtt, "edgeagent-top")
     inbox = c.inbox
-    for t, q in ((f"{prefix}/status", 1), (f"{prefix}/telemetry", 0), (f"{prefix}/events", 1)):
+    for t, q in ((f"{prefix}/status", 1), (f"{prefix}/telemetry", 0), (f"{prefix}/events", 1), (f"{prefix}/output", 0)):
         c.subscribe(t, q)
     lost_at: float | None = None
     try:
@@ -207,6 +220,8 @@ def _mqtt_feed(args: argparse.Namespace, view: TopView) -> Iterator[None]:
                     view.on_telemetry(body)
                 elif msg.topic.endswith("/status"):
                     view.on_status({"state": body.get("state"), "model": body.get("model")})
+                elif msg.topic.endswith("/output"):
+                    view.on_output(body)
                 else:
                     view.on_event(body)
             yield

@@ -99,6 +99,19 @@ class ControlClient:
                 yield msg
 
 
+    def outputs(self, timeout: float | None = None) -> Iterator[dict]:
+        """Subscribe and yield output summaries as they come (first the latest one)."""
+        result = self.call("outputs.subscribe")
+        yield from result.get("recent", [])
+        while True:
+            try:
+                msg = self._readline(timeout)
+            except socket.timeout:
+                return
+            if "output" in msg:
+                yield msg["output"]
+
+
 def daemon_running(path: str | os.PathLike) -> bool:
     try:
         with ControlClient(path, timeout=2.0) as c:

@@ -1,10 +1,11 @@
 """The local control socket: a Unix stream socket speaking the command JSON, one object per line.
 
 It is a thin transport in front of the shared Dispatcher (gunicorn's ctl/ split: framing, a
-table of handlers, a small server, a client). Replies go back on the same connection. One extra,
-socket-only request streams events: ``{"id": ..., "op": "events.subscribe"}`` answers once and
-then sends every event as a line ``{"event": ...}`` until the client hangs up (used by
-``edgeagent install`` for its progress bar and by ``edgeagent top``).
+table of handlers, a small server, a client). Replies go back on the same connection. Two extra,
+socket-only requests stream: ``{"id": ..., "op": "events.subscribe"}`` answers once and then sends
+every event as a line ``{"event": ...}`` until the client hangs up (used by ``edgeagent install``
+for its progress bar and by ``edgeagent top``); ``outputs.subscribe`` does the same with each
+output summary as a line ``{"output": {...}}`` (``edgeagent output --follow``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,19 @@ import select
 import socket
 import threading
 from pathlib import Path
+from typing import Callable, Protocol
 
 from edgeagent.control.dispatcher import Dispatcher, parse_request
 from edgeagent.errors import EdgeAgentError
 from edgeagent.events import EventBus
+
+
+class Stream(Protocol):
+    """What a subscription streams from: the event bus, the output summaries."""
+
+    def subscribe(self, sink: Callable[[dict], None]) -> Callable[[], None]: ...
+
+    def recent(self, n: int) -> list[dict]: ...
 
 log = logging.getLogger("edgeagent.control")
 
@@ -79,10 +89,12 @@ class _Conn:
 
 
 class ControlServer:
-    def __init__(self, path: str | os.PathLike, dispatcher: Dispatcher, events: EventBus | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, dispatcher: Dispatcher, events: EventBus | None = None,
+                 outputs: Callable[[], Stream | None] = lambda: None) -> None:
         self.path = Path(path)
         self.dispatcher = dispatcher
         self.events = events
+        self._outputs = outputs  # a getter: the output publisher exists once the model is loaded
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -170,7 +182,7 @@ class ControlServer:
                     if not line.strip():
                         continue
                     if self._is_subscribe(line):
-                        if unsubscribe is None and self.events is not None:
+                        if unsubscribe is None:
                             unsubscribe = self._subscribe(conn, line)
                         continue
                     self.dispatcher.submit(line, conn.send, source="control")
@@ -185,7 +197,7 @@ class ControlServer:
 
     @staticmethod
     def _is_subscribe(line: bytes) -> bool:
-        return b'"events.subscribe"' in line
+        return b'"events.subscribe"' in line or b'"outputs.subscribe"' in line
 
     def _subscribe(self, conn: _Conn, line: bytes):
         try:
@@ -193,16 +205,24 @@ class ControlServer:
         except EdgeAgentError as e:
             conn.send({"id": None, "ok": False, "error": e.to_dict()})
             return None
-        if req.op != "events.subscribe":
+        stream: Stream | None = {"events.subscribe": lambda: self.events,
+                                 "outputs.subscribe": self._outputs}.get(req.op, lambda: None)()
+        if req.op not in ("events.subscribe", "outputs.subscribe"):
             self.dispatcher.submit(line, conn.send, source="control")
             return None
-        assert self.events is not None
+        if stream is None:
+            conn.send({"id": req.id, "ok": False, "error": {
+                "code": "output.disabled", "message": "no output summaries: [output] publish is \"none\""
+                if req.op == "outputs.subscribe" else "no event stream"}})
+            return None
+        wrap = (lambda m: m) if req.op == "events.subscribe" else (lambda m: {"output": m})
 
-        def sink(event: dict) -> None:
+        def sink(item: dict) -> None:
             try:
-                conn.send(event)
+                conn.send(wrap(item))
             except OSError:
                 pass
 
-        conn.send({"id": req.id, "ok": True, "result": {"subscribed": True, "recent": self.events.recent(20)}})
-        return self.events.subscribe(sink)
+        recent = stream.recent(20 if req.op == "events.subscribe" else 1)
+        conn.send({"id": req.id, "ok": True, "result": {"subscribed": True, "recent": recent}})
+        return stream.subscribe(sink)

@@ -73,6 +73,7 @@ class Model:
         self._adapters: dict[tuple, Callable[[np.ndarray, np.ndarray], None]] = {}
 
     num_threads: int = 0  # what the interpreter was built with
+    labels: tuple[str, ...] | None = None  # the slot's labels (state/labels.py), set by who loads it
 
     @classmethod
     def load(cls, path: str, *, backend: str = "auto", num_threads: int = 0, delegate: str = "",

@@ -25,6 +25,7 @@ class Tally:
     in_progress: tuple = ()  # started or on trial
     waiting: tuple = ()  # in the step, no result yet
     overdue: tuple = ()  # no final result past the device timeout, not yet marked timed out
+    codes: dict = field(default_factory=dict)  # a failed device -> the reason code it gave (update.replay, ...)
 
     @property
     def executed(self) -> int:
@@ -49,7 +50,12 @@ class Tally:
                 "failure_pct": round(self.failure_pct, 1),
                 "devices": {"committed": list(self.committed), "refused": list(self.refused),
                             "rolled_back": list(self.rolled_back), "timed_out": list(self.timed_out),
-                            "in_progress": list(self.in_progress), "waiting": list(self.waiting)}}
+                            "in_progress": list(self.in_progress), "waiting": list(self.waiting)},
+                "codes": dict(self.codes)}
+
+    def named(self, devices: tuple) -> str:
+        """`dev1 (update.replay), dev2 (probation.too_slow)`: whom, and why."""
+        return ", ".join(f"{d} ({self.codes[d]})" if self.codes.get(d) else d for d in devices) or "none"
 
     def line(self) -> str:
         return (f"{len(self.committed)} committed, {len(self.refused)} refused, {len(self.rolled_back)} rolled back, "
@@ -68,18 +74,23 @@ def tally(doc: RolloutDoc, group_devices: list[str], results: dict[str, DeviceRe
     out: dict[str, list[str]] = {k: [] for k in ("committed", "refused", "rolled_back", "timed_out", "in_progress",
                                                  "waiting", "overdue")}
     late = doc.phase_started_at and now - doc.phase_started_at > doc.criteria.device_timeout_s
+    codes: dict[str, str] = {}
     for d in members:
         r = results.get(d)
         r = r if r is not None and r.answers(doc) else None
         if r is not None and r.result in FINAL:
             out[r.result].append(d)
+            if r.result != "committed":
+                codes[d] = r.code or (r.reason or "").split(":", 1)[0].split(" ", 1)[0] or r.result
         elif d in doc.timed_out:
             out["timed_out"].append(d)
         elif late:
             out["overdue"].append(d)
         else:
             out["in_progress" if r is not None else "waiting"].append(d)
-    return Tally(members=tuple(members), **{k: tuple(v) for k, v in out.items()})
+    for d in out["timed_out"]:
+        codes[d] = "rollout.timed_out"
+    return Tally(members=tuple(members), **{k: tuple(v) for k, v in out.items()}, codes=codes)
 
 
 @dataclass(frozen=True)
@@ -96,8 +107,8 @@ def decide(doc: RolloutDoc, t: Tally, now: float, settled_since: float | None) -
     enough = t.executed >= min(c.min_executed, len(t.members))
     if enough and t.executed and t.failure_pct > c.max_failure_pct:
         return Decision("halt", f"{len(t.failed)} of {t.executed} failed ({t.failure_pct:.0f}% > "
-                                f"{c.max_failure_pct:g}%): refused {list(t.refused)}, rolled back "
-                                f"{list(t.rolled_back)}, timed out {list(t.timed_out)}")
+                                f"{c.max_failure_pct:g}%): refused {t.named(t.refused)}; rolled back "
+                                f"{t.named(t.rolled_back)}; timed out {t.named(t.timed_out)}")
     if not t.settled or not enough:
         return Decision("wait")
     if settled_since is None or now - settled_since < c.soak_s:

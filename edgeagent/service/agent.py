@@ -114,6 +114,7 @@ class Agent:
         return self.updater.installing_version() if self.updater is not None else None
 
     def _on_model_info(self, info: dict) -> None:
+        self.reporter.refresh()  # status and P/telemetry show the new model's figures within a second
         if self.transport is not None:
             self.transport.set_birth_info(info)
 
@@ -124,11 +125,10 @@ class Agent:
         if tf and not os.path.isdir(os.path.dirname(os.path.abspath(tf))):  # a configuration fault: say so now,
             raise ConfigError("config.invalid", f"metrics.textfile {tf}: the folder "  # not every interval
                                                 f"{os.path.dirname(os.path.abspath(tf))} does not exist")
-        # The control socket first (a second daemon with the same config stops here:
-        # control.in_use), then one daemon per state directory (flock, held for life: a second one
-        # with another socket stops here: state.in_use), both before state.json is touched.
-        # Commands queue until the dispatcher starts below.
-        self.control = ControlServer(cfg.control.socket, self.dispatcher, self.events)
+        # The control socket first (a second daemon with the same config stops here: control.in_use),
+        # then one daemon per state directory (flock, held for life: a second one with another
+        # socket stops here: state.in_use), both before state.json is touched; commands queue.
+        self.control = ControlServer(cfg.control.socket, self.dispatcher, self.events, outputs=lambda: self.outputs)
         self.control.start()
         self.daemon_lock.acquire()
         model, self.boot_plan = boot_model(cfg, self.store, self.host, self.notifier, self.events,
@@ -136,13 +136,12 @@ class Agent:
         self._observe_clock()
         source = ResilientSource(make_source(cfg.input, model.inputs[0]), on_state=self._on_input_state)
         source.open()
-        publish_outputs = cfg.output.publish != "none" and bool(cfg.mqtt.host)
-        if publish_outputs:
+        if cfg.output.publish != "none":  # to P/output with a broker, and to local followers always
             from edgeagent.transport.outputs import OutputPublisher
 
-            self.outputs = OutputPublisher(lambda sub, payload: self.transport.publish(sub, payload, qos=0),
-                                           full=cfg.output.publish == "full",
-                                           version=lambda: self.host.model_info.get("version"))
+            self.outputs = OutputPublisher((lambda sub, payload: self.transport.publish(sub, payload, qos=0))
+                                           if cfg.mqtt.host else None, full=cfg.output.publish == "full",
+                                           version=lambda: self.host.model_info.get("version"), top_k=cfg.output.top_k)
         self.host.loop = InferenceLoop(
             model, source, rate_hz=cfg.input.rate_hz,
             on_output=self.outputs.offer if self.outputs is not None else None,
@@ -366,7 +365,8 @@ class Agent:
             "agent": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started_at, 1),
-            "model": {k: self.model_info.get(k) for k in ("name", "version", "slot", "sha256")},
+            "model": {k: self.model_info.get(k) for k in ("name", "version", "slot", "sha256", "labels")},
+            "output": self.outputs.brief() if self.outputs else None,
             "backend": getattr(self.loop.model, "backend", None) if self.loop else None,
             "trial": self.updater.trial_status() if self.updater else (st.trial if st else None),
             "update": self.updater.progress() if self.updater else None,

@@ -14,6 +14,7 @@ from edgeagent.errors import ConfigError, EdgeAgentError, ModelError, StateError
 from edgeagent.events import EventBus
 from edgeagent.service.host import ServingHost
 from edgeagent.service.sdnotify import Notifier
+from edgeagent.state import labels
 from edgeagent.state.atomic import sha256_file
 from edgeagent.state.model import BootPlan
 from edgeagent.state.store import SlotStore
@@ -42,10 +43,22 @@ class _UntilStopped(Cancel):
             raise EdgeAgentError("service.stopped", "stopped while model.initial was being checked", exit_code=0)
 
 
-def check_initial(cfg: Config, store: SlotStore, stopping: Callable[[], bool] = lambda: False) -> None:
+def initial_labels(cfg: Config) -> tuple[str, ...] | None:
+    """model.labels, parsed: a label file that is not one stops the start (exit 2), like any bad key."""
+    if not cfg.model.labels:
+        return None
+    try:
+        return labels.read(cfg.model.labels)
+    except labels.LabelsError as e:
+        raise ConfigError("model.labels_invalid", f"model.labels {e}") from None
+
+
+def check_initial(cfg: Config, store: SlotStore, stopping: Callable[[], bool] = lambda: False,
+                  names: tuple[str, ...] | None = None) -> None:
     """model.initial seeds an empty state only, and only with a model this device can run: it is
     loaded and invoked once in the health child first (a file that is no model, or one that crashes
-    the interpreter, is a configuration error, exit 2, and nothing is written)."""
+    the interpreter, is a configuration error, exit 2, and nothing is written). Its labels must fit
+    its output 0 when that is a classifier's."""
     m = cfg.model
     st = store.state()
     empty = st is not None and all(v is None for v in st.slots.values())  # after `edgeagent reset`
@@ -63,6 +76,11 @@ def check_initial(cfg: Config, store: SlotStore, stopping: Callable[[], bool] = 
                            cancel=_UntilStopped(stopping))
     if not res.ok and res.code != "health.nonfinite":  # NaN on an all-zero frame says little
         raise ConfigError("model.initial_invalid", f"model.initial {m.initial}: {res.code}: {res.reason}; "
+                                                   f"nothing was written")
+    outs = (res.io or {}).get("outputs") or []
+    why = labels.mismatch(names, outs[0]["shape"]) if names is not None and outs else None
+    if why:
+        raise ConfigError("model.labels_mismatch", f"model.labels {m.labels}: {why} of model.initial {m.initial}; "
                                                    f"nothing was written")
 
 
@@ -90,11 +108,13 @@ def boot_model(cfg: Config, store: SlotStore, host: ServingHost, notifier: Notif
     paths += [store.slot_path(s) for s in ("a", "b")]
     size = max((os.path.getsize(p) for p in paths if os.path.isfile(p)), default=0)
     notifier.extend_timeout(60 + size / 10e6, "checking the model slots")
-    check_initial(cfg, store, stopping)
+    names = initial_labels(cfg)
+    check_initial(cfg, store, stopping, names)
 
     def plan_boot() -> BootPlan:
         return store.boot(model_name=m.name, initial=m.initial, initial_version=m.initial_version,
-                          max_attempts=cfg.update.max_trial_attempts, max_crashes=cfg.update.max_crash_restarts)
+                          max_attempts=cfg.update.max_trial_attempts, max_crashes=cfg.update.max_crash_restarts,
+                          initial_labels=names)
 
     plan = plan_boot()
     for ev in plan.events:
@@ -115,6 +135,6 @@ def boot_model(cfg: Config, store: SlotStore, host: ServingHost, notifier: Notif
     info = plan.info
     note_initial(cfg, store, plan)
     host.set_model_info({"name": info.model, "version": info.version, "slot": plan.slot, "sha256": info.sha256,
-                         "trial": plan.trial is not None})
+                         "trial": plan.trial is not None, "labels": store.label_count(plan.slot, info)})
     events.emit("model.loaded", model=host.model_info, backend=model.backend)
     return model, plan

@@ -13,6 +13,7 @@ from typing import Callable
 
 from edgeagent.config import Config
 from edgeagent.engine.model import Model
+from edgeagent.state import labels
 from edgeagent.runtime.loop import InferenceLoop
 from edgeagent.update.probation import stall_limit_s
 
@@ -35,9 +36,13 @@ class ServingHost:
         return self._watchdog_s
 
     def load_model(self, path: str | os.PathLike) -> Model:
+        """A slot's model with the labels stored beside it: the two travel as one object, so a swap
+        or a rollback can never pair a model with another's labels."""
         m = self._config().model
-        return Model.load(str(path), backend=m.backend, num_threads=m.num_threads, delegate=m.delegate,
-                          input_mean=m.input_mean, input_std=m.input_std)
+        model = Model.load(str(path), backend=m.backend, num_threads=m.num_threads, delegate=m.delegate,
+                           input_mean=m.input_mean, input_std=m.input_std)
+        model.labels = labels.load_beside(path)
+        return model
 
     def on_model_info(self, listener: Callable[[dict], None]) -> None:
         """`listener(info)` whenever the served model changes (the transport's birth message)."""

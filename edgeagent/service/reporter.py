@@ -33,6 +33,7 @@ class Reporter:
         self._transport, self._outputs, self._metrics, self._discovery = transport, outputs, metrics, discovery
         self.last: dict | None = None  # the last telemetry payload
         self._interactive = sys.stderr.isatty()
+        self._refresh_at: float | None = None  # a sample soon: the served model changed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -44,6 +45,12 @@ class Reporter:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(3.0)
+
+    def refresh(self) -> None:
+        """The served model changed (a switch, a rollback): sample again half a second from now,
+        once the new model has served some frames, instead of showing the old model's figures
+        for up to an interval."""
+        self._refresh_at = time.monotonic() + 0.5
 
     def status_line(self) -> str:
         m = self._host.model_info
@@ -84,6 +91,8 @@ class Reporter:
         while not self._stop.is_set():
             now = time.monotonic()
             next_tel = min(next_tel, now + self._config().telemetry.interval_s)  # config.set shortened it
+            if self._refresh_at is not None:
+                next_tel, self._refresh_at = min(next_tel, self._refresh_at), None
             if self._stop.wait(max(0.0, min(0.5, next_tel - now))):
                 return
             try:

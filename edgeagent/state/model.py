@@ -34,6 +34,7 @@ class SlotInfo:
     status: str = "empty"
     reason: str | None = None
     health: dict | None = None
+    labels: str | None = None  # sha256 of the slot's labels.txt (state/labels.py), None: no labels
 
 
 @dataclass
@@ -119,9 +120,11 @@ def _slot_info(v: Any, name: str) -> SlotInfo | None:
             raise ValueError(f"slots.{name}.{k}: expected a string")
     for k in ("version", "size"):
         _int_field(v, k, f"slots.{name}")
-    sha = v.get("sha256")
-    if sha is not None and not (len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
-        raise ValueError(f"slots.{name}.sha256: expected 64 hex digits")
+    for k in ("sha256", "labels"):
+        sha = v.get(k)
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                                    and all(c in "0123456789abcdef" for c in sha)):
+            raise ValueError(f"slots.{name}.{k}: expected 64 hex digits")
     if v.get("status", "empty") not in STATUSES:
         raise ValueError(f"slots.{name}.status: expected one of {', '.join(STATUSES)}")
     if v.get("health") is not None and not isinstance(v["health"], dict):

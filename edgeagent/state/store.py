@@ -16,10 +16,10 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from edgeagent.errors import StateError
-from edgeagent.state import anchor, rules
+from edgeagent.state import anchor, labels, rules
 from edgeagent.state.atomic import atomic_write_json, copy_durable, sha256_file
 from edgeagent.state.lock import StateLock
 from edgeagent.state.model import SLOTS, STATUSES, BootPlan, SlotInfo, State, now_rfc3339, other
@@ -83,13 +83,16 @@ class SlotStore:
         anchor.update(self.anchor, st)
 
     def verify_slot(self, slot: str, st: State | None = None) -> bool:
-        """The slot's model file is there, read-only, and hashes to what state.json says."""
+        """The slot's model file (and labels) are there, read-only, and hash to what state.json says."""
         st = st or self.state()
         info = st.slots.get(slot) if st else None
         p = self.slot_path(slot)
         if info is None or not info.sha256 or not p.is_file():
             return False
         if sha256_file(p) != info.sha256:
+            return False
+        if info.labels is not None and labels.digest_beside(p) != info.labels:  # one unit: both verify, or neither
+            log.error("slot %s: %s does not match its record", slot, labels.beside(p))
             return False
         mode = p.stat().st_mode
         if mode & 0o222:  # a serving model file is immutable; put right what an older version left
@@ -127,7 +130,11 @@ class SlotStore:
             return st
 
     # -- boot -------------------------------------------------------------------------------
-    def _seed(self, slot: str, initial: str, model_name: str, version: int) -> SlotInfo:
+    def write_labels(self, slot: str, names: Sequence[str] | None) -> str | None:  # on a bad or empty slot
+        return labels.write_beside(self.slot_path(slot), names, SLOT_FILE_MODE)
+
+    def _seed(self, slot: str, initial: str, model_name: str, version: int,
+              initial_labels: Sequence[str] | None = None) -> SlotInfo:
         if not initial:
             raise StateError("state.no_model", f"{self.dir}: no model installed; set model.initial to seed slot a",
                              exit_code=2)  # the configuration is at fault: systemd must not retry
@@ -135,7 +142,9 @@ class SlotStore:
             raise StateError("state.no_model", f"model.initial {initial}: no such file", exit_code=2)
         self.slot_path(slot).parent.mkdir(parents=True, exist_ok=True)
         sha, size = copy_durable(initial, self.slot_path(slot), mode=SLOT_FILE_MODE)
-        return SlotInfo(model_name, version, sha, size, now_rfc3339(), "good")
+        info = SlotInfo(model_name, version, sha, size, now_rfc3339(), "good")
+        info.labels = self.write_labels(slot, initial_labels)
+        return info
 
     def _recover(self, model_name: str) -> State | None:
         """state.json and .prev are both unreadable: rebuild from the slot files and the anchor.
@@ -154,6 +163,7 @@ class SlotStore:
             if g is not None:
                 st.slots[s] = SlotInfo(g.get("model") or model_name, g["version"], sha, p.stat().st_size, now_rfc3339(),
                                        "good", "recovered without state.json")
+                st.slots[s].labels = labels.digest_beside(p)
                 if not found:
                     st.active, found = s, True
             else:
@@ -205,7 +215,7 @@ class SlotStore:
             return False
 
     def boot(self, *, model_name: str, initial: str, initial_version: int, max_attempts: int,
-             max_crashes: int = 3) -> BootPlan:
+             max_crashes: int = 3, initial_labels: Sequence[str] | None = None) -> BootPlan:
         """Decide which slot to serve at start, persisting every decision before it is acted on."""
         events: list[dict] = []
         with self.lock:
@@ -219,7 +229,7 @@ class SlotStore:
                 self._write(st)
             if st is None:  # first start
                 st = State()
-                st.slots["a"] = self._seed("a", initial, model_name, initial_version)
+                st.slots["a"] = self._seed("a", initial, model_name, initial_version, initial_labels)
                 st.high_water[model_name] = initial_version
                 events.append({"event": "state.seeded", "slot": "a", "version": initial_version})
                 self._write(st)
@@ -254,7 +264,7 @@ class SlotStore:
                 else:
                     # seed the empty slot, keeping an unverified file for inspection
                     slot = alt if st.slots.get(cur) is not None and st.slots.get(alt) is None else cur
-                    info = self._seed(slot, initial, model_name, initial_version) if initial else None
+                    info = self._seed(slot, initial, model_name, initial_version, initial_labels) if initial else None
                     if info is None:
                         raise StateError("state.no_valid_model", f"{self.dir}: no slot holds a model that verifies")
                     if slot != cur and st.slots.get(cur) is not None and st.slots[cur].status != "bad":
@@ -281,11 +291,11 @@ class SlotStore:
         return self.slot_path(slot)
 
     def record_installed(self, slot: str, *, model: str, version: int, sha256: str, size: int,
-                         health: dict | None) -> State:
+                         health: dict | None, labels_sha256: str | None = None) -> State:
         # Still "bad" until begin_trial switches to it: a crash here must keep the old slot serving.
         def change(st: State) -> None:
             st.slots[slot] = SlotInfo(model, version, sha256, size, now_rfc3339(), "bad",
-                                      "installed, not switched to yet", health)
+                                      "installed, not switched to yet", health, labels_sha256)
 
         return self._transition(change)
 
@@ -374,6 +384,10 @@ class SlotStore:
             self._write(fresh)
             return {"high_water": kept, "forgot": hw if forget_versions else {}}
 
+    def label_count(self, slot: str, info: SlotInfo | None) -> int | None:  # None: no labels recorded
+        names = labels.load_beside(self.slot_path(slot)) if info is not None and info.labels else None
+        return len(names) if names is not None else None
+
     def slots_table(self) -> dict:
         st = self.state() or State()
         rows = []
@@ -381,5 +395,6 @@ class SlotStore:
             info = st.slots.get(s) or SlotInfo()
             rows.append({"slot": s, "role": "active" if s == st.active else "inactive", "status": info.status,
                          "model": info.model, "version": info.version, "sha256": info.sha256, "size": info.size,
-                         "installed_at": info.installed_at, "health": info.health, "reason": info.reason})
+                         "installed_at": info.installed_at, "health": info.health, "reason": info.reason,
+                         "labels": self.label_count(s, info)})
         return {"active": st.active, "slots": rows, "trial": st.trial, "high_water": st.high_water}

@@ -26,7 +26,7 @@ def figures_line(t: dict) -> str:
         f"{_fmt(inf.get('fps'))} fps",
         f"p50 {_fmt(lat.get('p50'), ' ms', 2)} p99 {_fmt(lat.get('p99'), ' ms', 2)}",
         f"errors {inf.get('errors', 0)}",
-        f"cpu {_fmt(sysm.get('agent_cpu_percent'), '%', 0)}",
+        f"agent cpu {_fmt(sysm.get('agent_cpu_percent'), '%', 0)}",  # of one core, as in `top` and telemetry
     ]
     if temps:
         parts.append(f"{max(temps):.1f}°C")

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgeagent.config import Config
 from edgeagent.errors import CommandError
+from edgeagent.state import labels
 from edgeagent.state.timefloor import TimeFloor, released, utcnow
 from edgeagent.update import health as health_mod
 from edgeagent.update.errors import UpdateRejected
@@ -185,6 +186,24 @@ class Installer:
         return health_mod.check(req, frames, timeout_s=self.cfg.update.health_timeout_s,
                                 workdir=self.staging.dir, cancel=self.cancel)
 
+    def labels_for(self, m: Manifest, res: health_mod.HealthResult) -> tuple[str, ...] | None:
+        """The labels that go beside the new model: the manifest's (which must fit its output 0),
+        else the serving model's while they still fit (a retrain with the same classes keeps them)."""
+        outs = (res.io or {}).get("outputs") or []
+        shape = outs[0]["shape"] if outs else []
+        if m.labels is not None:
+            why = labels.mismatch(m.labels, shape)
+            if why:
+                raise UpdateRejected("update.labels_mismatch", f"signed.labels: {why}")
+            return m.labels
+        st = self.store.state()
+        names = labels.load_beside(self.store.slot_path(st.active)) if st and st.slots.get(st.active) else None
+        if names is not None and labels.mismatch(names, shape):
+            log.warning("v%s carries no labels and the serving model's %d do not fit its output 0 %s: it serves "
+                        "without labels", m.version, len(names), shape)
+            return None
+        return names
+
     def run(self, m: Manifest, src: PayloadSource, frames: list[np.ndarray]) -> Installed:
         """plan -> fetch (verified) -> write and verify the target -> health, for a manifest that
         `check` verified. Raises on refusal."""
@@ -204,8 +223,14 @@ class Installer:
             self.store.mark_bad(slot, f"{res.code}: {res.reason}")
             self.store.set_health(slot, hdict)
             raise UpdateRejected("update.health_failed", f"{res.code}: {res.reason}")
+        try:
+            names = self.labels_for(m, res)
+        except UpdateRejected as e:
+            self.store.mark_bad(slot, f"{e.code}: {e.message}")
+            raise
+        digest = self.store.write_labels(slot, names)  # the slot is still marked bad: a cut here is safe
         self.store.record_installed(slot, model=m.model, version=m.version, sha256=m.target.sha256,
-                                    size=m.target.size, health=hdict)
+                                    size=m.target.size, health=hdict, labels_sha256=digest)
         self.staging.cleanup()
         log.info("v%s installed in slot %s in %.1f s (health: %s ms vs %s ms)", m.version, slot,
                  time.monotonic() - t0, res.latency_ms, res.baseline_ms)

@@ -19,6 +19,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edgeagent.state import labels
 from edgeagent.update.canonical import canonical_bytes
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.keys import keyid
@@ -91,6 +92,7 @@ class Manifest:
     health: HealthOverrides | None
     io: dict | None
     signed: dict
+    labels: tuple[str, ...] | None = None  # the target model's labels (signed.labels), stored beside it
 
 
 def _bad(msg: str) -> UpdateRejected:
@@ -250,10 +252,17 @@ def _io(v: Any, path: str) -> dict:
     return d
 
 
+def _labels(v: Any, path: str) -> tuple[str, ...]:
+    try:
+        return labels.from_signed(v)
+    except labels.LabelsError as e:
+        raise _bad(f"{path}: {e}") from None
+
+
 def parse_signed(s: Any) -> Manifest:
     """Strict schema of `signed` (only called on signature-verified data)."""
     s = _obj(s, "signed", {"_type", "spec_version", "model", "version", "created", "expires", "kind", "target", "payload"},
-             {"base", "health", "io"})
+             {"base", "health", "io", "labels"})
     if s["_type"] != TYPE:
         raise _bad(f"signed._type: expected {TYPE!r}")
     if s["spec_version"] != SPEC_VERSION or isinstance(s["spec_version"], bool):
@@ -304,7 +313,8 @@ def parse_signed(s: Any) -> Manifest:
             _golden(h["golden"], "signed.health.golden") if "golden" in h else None,
         )
     io = _io(s["io"], "signed.io") if "io" in s else None
-    return Manifest(model, version, s["created"], s["expires"], kind, base, target, payload, health, io, s)
+    names = _labels(s["labels"], "signed.labels") if "labels" in s else None
+    return Manifest(model, version, s["created"], s["expires"], kind, base, target, payload, health, io, s, names)
 
 
 def _check_signatures(env: dict, trusted: dict[str, Ed25519PublicKey], threshold: int) -> None:

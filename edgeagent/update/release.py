@@ -13,9 +13,10 @@ import hashlib
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from edgeagent.errors import EdgeAgentError
+from edgeagent.state import labels as labels_mod
 from edgeagent.state.atomic import atomic_write_json, copy_durable
 from edgeagent.update.delta import build_delta
 from edgeagent.update.keys import load_private_key
@@ -59,7 +60,7 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
                  force_full: bool = False, expires_days: int = 365, health: dict | None = None,
                  io: dict | None = None, base_version: int | None = None,
                  progress: Progress | None = None, created: datetime | None = None,
-                 delta_method: str = "auto") -> dict:
+                 delta_method: str = "auto", labels: Sequence[str] | None = None) -> dict:
     """Write the payload and the signed manifest into out_dir; return a summary dict.
     `created` defaults to now; expires is now + expires_days."""
     if not _NAME.match(model):
@@ -108,6 +109,8 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
         signed["health"] = health
     if io:
         signed["io"] = io
+    if labels is not None:
+        signed["labels"] = {"names": list(labels), "sha256": labels_mod.digest(labels)}
     try:
         parse_signed(signed)  # never publish what a device would refuse as malformed
     except EdgeAgentError as e:

@@ -73,7 +73,8 @@ class Switcher:
         st = st or self.store.state()
         info = st.slots[st.active]
         self.host.set_model_info({"name": info.model, "version": info.version, "slot": st.active,
-                                  "sha256": info.sha256, "trial": bool(st.trial)})
+                                  "sha256": info.sha256, "trial": bool(st.trial),
+                                  "labels": self.store.label_count(st.active, info)})
 
     def rollback_committed(self, reason: str) -> dict:
         """A manual rollback outside a trial: to the rollback target (state.rules), loaded and

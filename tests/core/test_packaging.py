@@ -96,21 +96,62 @@ def test_install_sh_into_an_empty_directory_builds_a_correct_image(tmp_path, whe
         if f.is_file() and not f.is_symlink():
             assert str(root) not in f.read_text(errors="replace"), f
     assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
+    # no python in the image yet: the venv still names the image's, and says so
+    assert _resolve_in(root, "/opt/edgeagent/venv/bin/python3") == root / "usr/bin/python3"
+    assert "home = /usr/bin\n" in (venv / "pyvenv.cfg").read_text()
+    assert f"has no /usr/bin/python3 yet: the venv expects python{HOST_VER}" in r.stdout
     # and running it again (an upgrade) still works with the rewritten scripts
     again = _install(root, wheel)
     assert again.returncode == 0, again.stdout + again.stderr
     assert [l.split(":")[0] for l in (root / "etc/passwd").read_text().splitlines()].count("edgeagent") == 1
 
 
+def _image_python(root: Path, exe: str = "/usr/bin/python3.11") -> str:
+    """Put the system's python3 (binary, shared libraries, standard library) into an image root,
+    as a Debian image has it; its version "3.11"."""
+    ver = Path(exe).name.removeprefix("python")
+    libs = re.findall(r"(/\S+\.so[.\d]*) \(", subprocess.run(["ldd", exe], capture_output=True, text=True).stdout)
+    for f in [exe, *libs]:
+        dst = root / f.lstrip("/")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dst)
+    (root / "usr/bin/python3").symlink_to(Path(exe).name)
+    shutil.copytree(f"/usr/lib/python{ver}", root / f"usr/lib/python{ver}", symlinks=True,
+                    ignore=shutil.ignore_patterns("test", "idlelib", "tkinter", "ensurepip", "__pycache__"))
+    return ver
+
+
+def _resolve_in(root: Path, path: str) -> Path:
+    """Follow symlinks the way they resolve once `root` is /."""
+    p = Path(path)
+    for _ in range(40):
+        full = root / str(p).lstrip("/")
+        if not full.is_symlink():
+            return full
+        target = Path(full.readlink())
+        p = target if target.is_absolute() else p.parent / target
+    raise AssertionError(f"symlink loop at {path}")
+
+
+HOST_VER = "%d.%d" % sys.version_info[:2]
+
+
 @pytest.mark.timeout(300)
 def test_install_sh_into_a_temporary_root_is_idempotent(tmp_path, wheel):
+    """The image's own python runs the venv (in a chroot, as the booted image would): the venv
+    names /usr/bin/python3, never the build host's interpreter (issue 20, point 6)."""
+    if not Path(f"/usr/bin/python{HOST_VER}").is_file():
+        pytest.fail(f"/usr/bin/python{HOST_VER} (Debian's python3) is needed to build an image root like a device's")
     root = tmp_path / "root"
     _fake_root(root)
+    _image_python(root, f"/usr/bin/python{HOST_VER}")
     first = _install(root, wheel)
     assert first.returncode == 0, first.stdout + first.stderr
-    venv_py = root / "opt/edgeagent/venv/bin/python"
-    out = subprocess.run([str(venv_py), "-c", "import edgeagent; print(edgeagent.__version__)"], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip()
+    venv_py = "/opt/edgeagent/venv/bin/python3"
+    assert _resolve_in(root, venv_py) == root / f"usr/bin/python{HOST_VER}"
+    out = subprocess.run(["chroot", str(root), venv_py, "-c", "import sys, edgeagent; print(sys.prefix, edgeagent.__version__)"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split()[0] == "/opt/edgeagent/venv", out.stdout + out.stderr
     assert (root / "opt/edgeagent/venv/bin/edgeagent").exists()
     assert (root / "etc/systemd/system/edgeagent.service").read_text() == UNIT.read_text()
     cfg = root / "etc/edgeagent/config.toml"
@@ -128,6 +169,24 @@ def test_install_sh_into_a_temporary_root_is_idempotent(tmp_path, wheel):
     assert cfg.read_text() == "[model]\nname = \"mine\"\n"
     assert (root / "etc/passwd").read_text().count("\nedgeagent:") == 1
     assert (root / "etc/group").read_text().count("\nedgeagent:") == 1
+
+
+@pytest.mark.parametrize("name,machine", [("python3.9", 62), (f"python{HOST_VER}", 183)])
+def test_install_sh_refuses_an_image_whose_python_is_not_the_hosts(tmp_path, wheel, name, machine):
+    """Another minor version, or an arm64 image on an x86-64 host: the wheels pip would pick are
+    the host's; one line says to run it inside the image's chroot."""
+    root = tmp_path / "img"
+    exe = root / "usr/bin" / name
+    exe.parent.mkdir(parents=True)
+    exe.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(11) + machine.to_bytes(2, "little") + bytes(44))
+    (root / "usr/bin/python3").symlink_to(name)
+    r = _install(root, wheel)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "run install.sh inside the image's chroot" in lines[0], r.stderr
+    arch = {62: "x86_64", 183: "aarch64"}[machine]
+    assert f"has {name} for {arch}, this host python{HOST_VER} for" in lines[0]
+    assert not (root / "opt").exists() and not (root / "etc").exists()
 
 
 def test_install_sh_refuses_without_root_or_prefix():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from tests.e2e.test_update import REPO, cli, model
 from tests.support.daemon import Daemon, base_config, write_config
@@ -58,3 +59,38 @@ def _sha(p) -> str:
     import hashlib
 
     return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_status_shows_the_new_models_figures_right_after_a_switch(tmp_path, start_daemon, model_path):
+    """Issue 20, point 7: with a 30 s telemetry interval, `status` went on showing the previous
+    model's telemetry for up to 30 s after a switch; now a sample follows each switch at once."""
+    from edgeagent.update.keys import generate_keypair
+    from tests.e2e.test_update import release, trusted, wait_until
+
+    generate_keypair(tmp_path / "k1")
+    d = start_daemon(telemetry={"interval_s": 30.0}, update={**trusted(tmp_path, "k1"), "probation_s": 30.0})
+    wait_until(lambda: (d.call("status")["telemetry"] or {}).get("model", {}).get("version") == 1, timeout=10)
+    rel = release(tmp_path, tmp_path, model(tmp_path, "v2.tflite", version_tag=2), 2, base=model_path)
+    assert cli(d.config_path, "install", rel["manifest"], "--payload", rel["payload"]).returncode == 0
+    wait_until(lambda: d.call("status")["model"]["version"] == 2, timeout=10)
+    time.sleep(1.5)  # well inside the interval
+    tel = d.call("status")["telemetry"]
+    assert tel["model"]["version"] == 2 and tel["model"]["trial"] is True, tel["model"]
+    assert d.call("rollback")["version"] == 1
+    time.sleep(1.5)
+    assert d.call("status")["telemetry"]["model"]["version"] == 1
+
+
+def test_cpu_is_named_the_same_in_the_log_line_and_top():
+    """Issue 20, point 7: "cpu" was the agent's share of one core in the log line and the system's
+    in `top`."""
+    from edgeagent.cli.top import TopView
+    from edgeagent.telemetry.figures import figures_line
+
+    t = {"model": {"name": "m", "version": 1, "slot": "a"}, "inference": {"fps": 10.0, "latency_ms": {}},
+         "system": {"cpu_percent": 40.0, "agent_cpu_percent": 95.0}, "power": {}}
+    assert "agent cpu 95%" in figures_line(t)
+    view = TopView("dev")
+    view.on_telemetry({**t, "seq": 1})
+    line = next(ln for ln in view.lines() if "cpu" in ln)
+    assert "system cpu 40% (of all cores)" in line and "agent cpu 95% (of one core)" in line

@@ -120,6 +120,22 @@ def test_failures_halt_once_enough_results_are_in():
     assert decide(lenient, t, 1001, None).action == "wait"  # 50% is not above 50%: c still to come
 
 
+def test_the_halt_and_the_tally_name_each_failed_devices_reason_code():
+    """Issue 20, point 4: the reason (update.replay) was only in the device's retained P/rollout."""
+    group = ["a", "b", "c"]
+    d = doc(percentage=100.0)
+    res = {"a": DeviceResult(device="a", rollout="r1", version=7, result="refused", code="update.replay",
+                             reason="version 7 was installed before"),
+           "b": DeviceResult(device="b", rollout="r1", version=7, result="rolled_back",
+                             reason="probation.too_slow: p50 9 ms"),
+           "c": result("c", "committed")}
+    t = tally(d, group, res, now=1001)
+    assert t.to_json()["codes"] == {"a": "update.replay", "b": "probation.too_slow"}
+    dec = decide(d, t, 1001, None)
+    assert dec.action == "halt"
+    assert "refused a (update.replay); rolled back b (probation.too_slow); timed out none" in dec.reason
+
+
 def test_a_silent_device_times_out_counts_as_failed_and_a_late_answer_replaces_that():
     group = ["a", "b"]
     d = doc(percentage=100.0)

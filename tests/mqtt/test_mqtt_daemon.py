@@ -315,6 +315,26 @@ def test_push_cli_end_to_end(tmp_path, broker, peers, start_daemon, signer, mode
     assert d.call("status")["model"]["version"] == 2
 
 
+def test_push_wait_reports_probation_and_says_each_step_once(tmp_path, broker, start_daemon, signer, model_path):
+    """Issue 20, point 7: the trial line once (not once for the reply and again for the event), and
+    a line every few seconds while the model is on probation, not silence."""
+    d = start_daemon(**mqtt_cfg(broker.port), update={"trusted_keys": [str(signer / "edgeagent.pub")],
+                                                      "probation_s": 8.0, "min_inferences": 5})
+    rel = bundle(tmp_path, signer, model_path, 2)
+    r = subprocess.run([sys.executable, "-m", "edgeagent", "push", rel["manifest"], "--broker", f"127.0.0.1:{broker.port}",
+                        "--device", "test-dev", "--wait", "--timeout", "60"],
+                       capture_output=True, text=True, cwd=REPO, timeout=90)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    lines = out.splitlines()
+    assert sum("on trial in slot b" in ln for ln in lines) == 1, out
+    assert sum("update.applied" in ln for ln in lines) == 1, out
+    progress = [ln for ln in lines if ln.startswith("probation: ")]
+    assert len(progress) >= 2 and " of 8 s, " in progress[0] and " fps, p50 " in progress[-1], out
+    assert sum("update.committed" in ln for ln in lines) == 1, out
+    assert d.call("status")["model"]["version"] == 2
+
+
 def test_push_to_a_device_that_does_not_exist_fails_in_seconds(tmp_path, broker, peers, start_daemon, signer,
                                                                 model_path):
     """Issue 20, point 3: not ten minutes of silence, one line naming the devices that do exist."""
