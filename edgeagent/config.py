@@ -159,6 +159,18 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:  # prediction quality (runtime/quality.py): windows of live frames against a reference
+    enabled: bool = True
+    window: int = _check(_range(10, 1_000_000), default=300)  # frames per judged window
+    window_s: float = _check(_range(1, 86400), default=60.0)  # or this long, whichever ends first
+    alarm_windows: int = _check(_range(1, 1000), default=3)  # windows over the alarm line before model.drift
+    learn_frames: int = _check(_range(10, 10_000_000), default=1000)  # a learned reference's size
+    capture: str = _check(_one_of("none", "low_confidence", "drift"), default="none")  # samples kept (opt-in)
+    capture_max_bytes: int = _check(_range(64 * 1024, 1 << 40), default=64 * 1024 * 1024)
+    capture_min_interval_s: float = _check(_range(0, 86400), default=10.0)  # at most one sample this often
+
+
+@dataclass(frozen=True)
 class TelemetryConfig:
     interval_s: float = _check(_range(0.1, 3600), default=5.0)
     sysfs_root: str = "/"
@@ -177,8 +189,7 @@ class UpdateConfig:
     max_payload_bytes: int = _check(_min(1), default=512 * 1024 * 1024)
     max_trial_attempts: int = _check(_min(1), default=2)
     health_timeout_s: float = _check(_min(1), default=60.0)
-    # unclean restarts (crash, watchdog, hang) of a committed model before it is rolled back
-    max_crash_restarts: int = _check(_min(1), default=3)
+    max_crash_restarts: int = _check(_min(1), default=3)  # unclean restarts of a committed model before a rollback
     # a start counts as a crash until the model has served this long (or stopped cleanly)
     crash_window_s: float = _check(_range(1, 86400), default=600.0)
     # share of the trial's wall time the previous model may take to re-run on live frames
@@ -242,6 +253,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
     control: ControlConfig = field(default_factory=ControlConfig)

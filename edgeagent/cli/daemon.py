@@ -79,6 +79,12 @@ def render_status(st: dict) -> str:
     lines.append("update:  " + (f"{up.get('phase')} {up.get('percent', '')}%" if up else "none"))
     if st.get("telemetry"):
         lines.append("figures: " + figures_line(st["telemetry"]))
+    q = (st.get("telemetry") or {}).get("quality")
+    if q:
+        psis = ", ".join(f"{m} {q[f'psi_{m}']:.3f}" for m in ("class", "confidence", "input")
+                         if isinstance(q.get(f"psi_{m}"), (int, float)))
+        lines.append(f"quality: reference {q.get('reference')}" + (f", PSI {psis}" if psis else "")
+                     + (f", DRIFT: {', '.join(q['drift'])}" if q.get("drift") else ""))
     if st.get("output"):
         from edgeagent.cli.output import render
 

@@ -15,7 +15,7 @@ from edgeagent import __version__
 from edgeagent.errors import EdgeAgentError
 
 # Modules under edgeagent.cli that provide register(subparsers).
-COMMAND_MODULES = ("daemon", "slots", "clock", "output", "publisher", "top", "push", "fleet", "rollout")
+COMMAND_MODULES = ("daemon", "slots", "clock", "output", "samples", "publisher", "top", "push", "fleet", "rollout")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tol-e6", type=int, help="golden 'outputs' tolerance in millionths (default 1000)")
     p.add_argument("--labels", metavar="FILE", help="the target's labels, one per line: signed into the manifest, "
                                                     "stored beside the model on the device")
+    p.add_argument("--reference", metavar="DATA",
+                   help="sign a quality reference: the target run on representative data (a directory of images, an "
+                        ".npz with 'inputs', e.g. the golden set, or a CSV recording)")
+    p.add_argument("--reference-window", type=int, default=300, help="frames per window the device judges (300)")
+    p.add_argument("--warn-psi", type=float, default=0.1, help="PSI under which a drift alarm clears (0.1)")
+    p.add_argument("--alarm-psi", type=float, default=0.25, help="PSI over which a window counts toward model.drift (0.25)")
     p.add_argument("--new-io", action="store_true",
                    help="announce the target's inputs and outputs (signed.io): needed when they differ from the "
                         "model it replaces, e.g. another number of classes")
@@ -78,6 +84,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     if args.golden:
         health["golden"] = golden_health(args.golden, args.min_pass_pct, args.tol_e6)
     names, io = _labels_and_io(args)
+    monitor = _reference(args) if args.reference else None
     progress = None
     if sys.stderr.isatty() and not args.json:
         from rich.progress import Progress
@@ -90,7 +97,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         r = make_release(keys=args.key, target=Path(args.target), base=Path(args.base) if args.base else None,
                          model=args.model, version=args.version, out_dir=Path(args.out), force_full=args.full,
                          expires_days=args.expires_days, health=health or None, base_version=args.base_version,
-                         progress=progress, delta_method=args.delta, labels=names, io=io)
+                         progress=progress, delta_method=args.delta, labels=names, io=io, monitor=monitor)
     finally:
         if progress:
             bar.stop()
@@ -135,6 +142,29 @@ def _labels_and_io(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, di
     io = {side: [{"name": t["name"], "shape": t["shape"], "dtype": t["dtype"]} for t in sig[side]]
           for side in ("inputs", "outputs")} if args.new_io else None
     return names, io
+
+
+def _reference(args: argparse.Namespace) -> dict:
+    """signed.monitor: the target's histograms on the reference data (runtime/quality.py)."""
+    from edgeagent.engine.model import Model
+    from edgeagent.errors import ModelError
+    from edgeagent.inputs.dataset import frames
+    from edgeagent.runtime.quality import reference_from
+
+    if not 0 < args.warn_psi <= args.alarm_psi:
+        raise EdgeAgentError("release.bad_args", "--warn-psi must be > 0 and at most --alarm-psi")
+    try:
+        model = Model.load(args.target, num_threads=1)
+    except ModelError as e:
+        raise EdgeAgentError("release.bad_args", f"--target {args.target}: {e.message}") from None
+    try:
+        ref = reference_from(model, frames(args.reference, model.inputs[0]), window=args.reference_window,
+                             warn_e6=round(args.warn_psi * 1e6), alarm_e6=round(args.alarm_psi * 1e6))
+    except (ValueError, EdgeAgentError) as e:
+        raise EdgeAgentError("release.bad_args", f"--reference {args.reference}: {getattr(e, 'message', e)}") from None
+    finally:
+        model.close()
+    return ref.to_json()
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device-timeout", type=float, default=900.0,
                    help="seconds a device of a phase has to report a final result (default 900)")
     s.add_argument("--rollback-on-halt", action="store_true", help="on a halt, roll back the devices it updated")
+    s.add_argument("--max-drift-psi", type=float,
+                   help="a committed device whose first window's class PSI against the manifest's signed reference "
+                        "(release --reference) is above this has drifted and counts as failed")
     s.add_argument("--id", help="rollout id (default r-<time>-<random>)")
     s.add_argument("--detach", action="store_true", help="publish and exit; `rollout resume ID` drives it")
     _common(s)
@@ -108,6 +111,12 @@ def cmd_start(args: argparse.Namespace) -> int:
                         ("--soak", args.soak, 0), ("--device-timeout", args.device_timeout, 1)):
         if not v >= lo or (name == "--max-failure-pct" and v > 100):
             raise CommandError("cmd.bad_args", f"{name} {v}: out of range")
+    if args.max_drift_psi is not None:
+        if not 0 < args.max_drift_psi <= 1e6:
+            raise CommandError("cmd.bad_args", f"--max-drift-psi {args.max_drift_psi}: out of range")
+        if "class" not in (envelope["signed"].get("monitor") or {}):
+            raise CommandError("cmd.bad_args", "--max-drift-psi needs a manifest with a signed reference of a "
+                                               "classifier's classes (edgeagent release --reference DATA)")
     canary = tuple(x.strip() for x in args.canary.split(",") if x.strip())
     chunks = None
     if args.transfer:
@@ -127,7 +136,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                      phases=_phases(args.phases), canary=canary,
                      criteria=Criteria(max_failure_pct=args.max_failure_pct, min_executed=args.min_executed,
                                        soak_s=args.soak, device_timeout_s=args.device_timeout,
-                                       rollback_on_halt=args.rollback_on_halt),
+                                       rollback_on_halt=args.rollback_on_halt, max_drift_psi=args.max_drift_psi),
                      started_at=now, phase_started_at=now)
     client = connect(args, args.broker, "edgeagent-rollout")
     try:

@@ -125,6 +125,11 @@ class TopView:
                    f"agent cpu {_f(sysm.get('agent_cpu_percent'), 0, '%')} (of one core)  "
                    f"mem {_f(sysm.get('mem_percent'), 0, '%')}  rss {_f(sysm.get('agent_rss_mb'), 1, ' MB')}  "
                    f"load {_f(sysm.get('load1'), 2)}")
+        q = t.get("quality")
+        if q:
+            psis = "  ".join(f"{m} {_f(q.get(f'psi_{m}'), 3)}" for m in ("class", "confidence", "input"))
+            out.append(f"quality ({q.get('reference')}) PSI {psis}  low confidence {_f(q.get('low_confidence_pct'), 1, '%')}"
+                       + (f"  DRIFT: {', '.join(q['drift'])}" if q.get("drift") else ""))
         if self.output:
             from edgeagent.cli.output import render
 

@@ -74,6 +74,7 @@ class Model:
 
     num_threads: int = 0  # what the interpreter was built with
     labels: tuple[str, ...] | None = None  # the slot's labels (state/labels.py), set by who loads it
+    reference: Any = None  # the slot's quality reference (state/reference.py), set by who loads it
 
     @classmethod
     def load(cls, path: str, *, backend: str = "auto", num_threads: int = 0, delegate: str = "",

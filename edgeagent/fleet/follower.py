@@ -141,7 +141,7 @@ class RolloutFollower:
         self._q.put(("publish", None, None))
 
     def _on_event(self, ev: dict) -> None:
-        if ev.get("event") in _VERDICTS:
+        if ev.get("event") in _VERDICTS or ev.get("event") == "model.quality":
             self._q.put(("event", None, ev))
         elif ev.get("event") == "rollback" and ev.get("from_version") is not None:
             # a rollback after the commit (a halt's rollback, a button): P/rollout says so
@@ -252,6 +252,12 @@ class RolloutFollower:
     def _on_verdict(self, ev: dict) -> None:
         cur = self._state["current"]
         if cur is None or ev.get("version") != cur.get("version"):
+            return
+        if ev["event"] == "model.quality":  # the committed model's first window: for --max-drift-psi
+            if cur.get("result") == "committed" and "quality" not in cur:
+                cur["quality"] = {k: ev.get(k) for k in ("psi_class", "psi_confidence", "psi_input", "reference")}
+                self._save()
+                self._publish()
             return
         if ev.get("after_commit"):
             if cur.get("result") != "committed":

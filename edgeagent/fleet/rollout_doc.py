@@ -45,10 +45,14 @@ class Criteria:
     soak_s: float = 0.0
     device_timeout_s: float = 900.0
     rollback_on_halt: bool = False
+    # a committed device whose first window's class PSI (against the manifest's signed reference)
+    # is above this has drifted: it counts as failed
+    max_drift_psi: float | None = None
 
     def to_json(self) -> dict:
         return {"max_failure_pct": self.max_failure_pct, "min_executed": self.min_executed, "soak_s": self.soak_s,
-                "device_timeout_s": self.device_timeout_s, "rollback_on_halt": self.rollback_on_halt}
+                "device_timeout_s": self.device_timeout_s, "rollback_on_halt": self.rollback_on_halt,
+                **({"max_drift_psi": self.max_drift_psi} if self.max_drift_psi is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,8 @@ def parse(raw: bytes | str) -> RolloutDoc:
                         min_executed=int(_num(c, "min_executed", 0, 1e9, 1)),
                         soak_s=_num(c, "soak_s", 0, 1e9, 0.0),
                         device_timeout_s=_num(c, "device_timeout_s", 0, 1e9, 900.0),
-                        rollback_on_halt=bool(c.get("rollback_on_halt", False)))
+                        rollback_on_halt=bool(c.get("rollback_on_halt", False)),
+                        max_drift_psi=_num(c, "max_drift_psi", 0, 1e6, 0.0) if "max_drift_psi" in c else None)
     canary = _ids(d.get("canary"), "canary")
     n_steps = len(phases) + (1 if canary else 0)
     phase = d.get("phase", 0)
@@ -208,6 +213,7 @@ class DeviceResult:
     reason: str | None = None
     ts: float = 0.0
     manifest: str | None = None  # the digest of the manifest it answered for (older devices: None)
+    quality: dict | None = None  # committed: its first window's PSIs against the model's reference
 
     def answers(self, doc: "RolloutDoc") -> bool:
         """This result is for this rollout: its id, and (when the device says) its manifest. A
@@ -229,4 +235,13 @@ def parse_result(device: str, raw: bytes | str) -> DeviceResult | None:
                         result=d["result"], code=d.get("code") if isinstance(d.get("code"), str) else None,
                         reason=d.get("reason") if isinstance(d.get("reason"), str) else None,
                         ts=float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else 0.0,
-                        manifest=d.get("manifest") if isinstance(d.get("manifest"), str) else None)
+                        manifest=d.get("manifest") if isinstance(d.get("manifest"), str) else None,
+                        quality=_quality(d.get("quality")))
+
+
+def _quality(q: Any) -> dict | None:
+    if not isinstance(q, dict):
+        return None
+    out = {k: float(v) for k, v in q.items() if k.startswith("psi_") and isinstance(v, (int, float))
+           and not isinstance(v, bool) and v == v}
+    return {**out, "reference": q.get("reference") if isinstance(q.get("reference"), str) else None}

@@ -25,15 +25,16 @@ class Tally:
     in_progress: tuple = ()  # started or on trial
     waiting: tuple = ()  # in the step, no result yet
     overdue: tuple = ()  # no final result past the device timeout, not yet marked timed out
+    drifted: tuple = ()  # committed, but its first window's class PSI is over --max-drift-psi
     codes: dict = field(default_factory=dict)  # a failed device -> the reason code it gave (update.replay, ...)
 
     @property
     def executed(self) -> int:
-        return len(self.committed) + len(self.failed)
+        return len(self.committed) + len(self.failed)  # (drifted devices are not in committed)
 
     @property
     def failed(self) -> tuple:
-        return self.refused + self.rolled_back + self.timed_out
+        return self.refused + self.rolled_back + self.timed_out + self.drifted
 
     @property
     def failure_pct(self) -> float:
@@ -45,11 +46,12 @@ class Tally:
 
     def to_json(self) -> dict:
         return {"members": len(self.members), "committed": len(self.committed), "refused": len(self.refused),
-                "rolled_back": len(self.rolled_back), "timed_out": len(self.timed_out),
+                "rolled_back": len(self.rolled_back), "timed_out": len(self.timed_out), "drifted": len(self.drifted),
                 "in_progress": len(self.in_progress), "waiting": len(self.waiting), "executed": self.executed,
                 "failure_pct": round(self.failure_pct, 1),
                 "devices": {"committed": list(self.committed), "refused": list(self.refused),
                             "rolled_back": list(self.rolled_back), "timed_out": list(self.timed_out),
+                            "drifted": list(self.drifted),
                             "in_progress": list(self.in_progress), "waiting": list(self.waiting)},
                 "codes": dict(self.codes)}
 
@@ -58,9 +60,10 @@ class Tally:
         return ", ".join(f"{d} ({self.codes[d]})" if self.codes.get(d) else d for d in devices) or "none"
 
     def line(self) -> str:
+        drifted = f"{len(self.drifted)} drifted, " if self.drifted else ""
         return (f"{len(self.committed)} committed, {len(self.refused)} refused, {len(self.rolled_back)} rolled back, "
-                f"{len(self.timed_out)} timed out, {len(self.in_progress)} in progress, {len(self.waiting)} waiting "
-                f"(of {len(self.members)})")
+                f"{drifted}{len(self.timed_out)} timed out, {len(self.in_progress)} in progress, "
+                f"{len(self.waiting)} waiting (of {len(self.members)})")
 
 
 def tally(doc: RolloutDoc, group_devices: list[str], results: dict[str, DeviceResult | None], now: float) -> Tally:
@@ -72,13 +75,24 @@ def tally(doc: RolloutDoc, group_devices: list[str], results: dict[str, DeviceRe
     answered = {d for d, r in results.items() if r is not None and r.answers(doc)}
     members = sorted(d for d in known if is_member(doc, d) or d in answered)  # a halt sets the percentage to 0
     out: dict[str, list[str]] = {k: [] for k in ("committed", "refused", "rolled_back", "timed_out", "in_progress",
-                                                 "waiting", "overdue")}
+                                                 "waiting", "overdue", "drifted")}
+    max_psi = doc.criteria.max_drift_psi
     late = doc.phase_started_at and now - doc.phase_started_at > doc.criteria.device_timeout_s
     codes: dict[str, str] = {}
     for d in members:
         r = results.get(d)
         r = r if r is not None and r.answers(doc) else None
-        if r is not None and r.result in FINAL:
+        if r is not None and r.result == "committed" and max_psi is not None:
+            psi = (r.quality or {}).get("psi_class")
+            if psi is not None and psi > max_psi:  # it committed healthy but predicts a different world
+                out["drifted"].append(d)
+                codes[d] = "quality.drift"
+            elif psi is not None:
+                out["committed"].append(d)
+            else:  # its first window after the commit is still to come
+                out["overdue" if late and d not in doc.timed_out else
+                    ("timed_out" if d in doc.timed_out else "in_progress")].append(d)
+        elif r is not None and r.result in FINAL:
             out[r.result].append(d)
             if r.result != "committed":
                 codes[d] = r.code or (r.reason or "").split(":", 1)[0].split(" ", 1)[0] or r.result
@@ -108,7 +122,8 @@ def decide(doc: RolloutDoc, t: Tally, now: float, settled_since: float | None) -
     if enough and t.executed and t.failure_pct > c.max_failure_pct:
         return Decision("halt", f"{len(t.failed)} of {t.executed} failed ({t.failure_pct:.0f}% > "
                                 f"{c.max_failure_pct:g}%): refused {t.named(t.refused)}; rolled back "
-                                f"{t.named(t.rolled_back)}; timed out {t.named(t.timed_out)}")
+                                f"{t.named(t.rolled_back)}; timed out {t.named(t.timed_out)}"
+                                + (f"; drifted {t.named(t.drifted)}" if t.drifted else ""))
     if not t.settled or not enough:
         return Decision("wait")
     if settled_since is None or now - settled_since < c.soak_s:

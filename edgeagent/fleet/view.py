@@ -51,10 +51,21 @@ class Device:
             "power_w": power.get("total_w") if power.get("total_w") is not None else power.get("agent_w"),
             "power_source": power.get("source"),
             "throttled": bool(thr.get("now")) if thr else None,
+            "quality": _quality(t.get("quality")),
             "rollout": ({"id": self.result.rollout, "result": self.result.result, "version": self.result.version}
                         if self.result else None),
             "last_seen": self.last_seen,
         }
+
+
+def _quality(q: object) -> dict | None:
+    """The row's prediction quality: the largest PSI of the last window, and what drifts."""
+    if not isinstance(q, dict):
+        return None
+    psis = [v for k, v in q.items() if k.startswith("psi_") and isinstance(v, (int, float))]
+    drift = q.get("drift") if isinstance(q.get("drift"), list) else []
+    return {"psi_max": max(psis) if psis else None, "drift": [d for d in drift if isinstance(d, str)],
+            "reference": q.get("reference")}
 
 
 class FleetView:
@@ -131,8 +142,15 @@ def _ago(ts: float | None, now: float) -> str:
     return f"{s:.0f}s" if s < 120 else (f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.0f}h")
 
 
-COLUMNS = ("DEVICE", "STATE", "GROUPS", "MODEL", "SLOT", "TRIAL", "FPS", "P95 MS", "TEMP C", "POWER W", "ROLLOUT",
-           "SEEN")
+COLUMNS = ("DEVICE", "STATE", "GROUPS", "MODEL", "SLOT", "TRIAL", "FPS", "P95 MS", "TEMP C", "POWER W", "PSI",
+           "ROLLOUT", "SEEN")
+
+
+def _psi_cell(q: dict | None) -> str:
+    """`0.03`, or `0.41 DRIFT` while model.drift is raised."""
+    if not q or q.get("psi_max") is None:
+        return "-"
+    return f"{q['psi_max']:.2f}" + (" DRIFT" if q.get("drift") else "")
 
 
 def table(rows: list[dict], now: float | None = None) -> list[str]:
@@ -146,6 +164,6 @@ def table(rows: list[dict], now: float | None = None) -> list[str]:
             f"{r['model'] or '-'} v{r['version']}" if r.get("version") is not None else (r["model"] or "-"),
             r["slot"] or "-", "yes" if r["trial"] else "-", _f(r["fps"]), _f(r["p95_ms"], 2), _f(r["temp_c"]),
             (_f(r["power_w"], 2) + ("~" if r.get("power_source") == "estimate" else "")) if r["power_w"] is not None else "-",
-            f"{ro['id']}:{ro['result']}" if ro else "-", _ago(r["last_seen"], now)))
+            _psi_cell(r.get("quality")), f"{ro['id']}:{ro['result']}" if ro else "-", _ago(r["last_seen"], now)))
     widths = [max(len(str(c[i])) for c in cells) for i in range(len(COLUMNS))]
     return ["  ".join(str(c[i]).ljust(widths[i]) for i in range(len(COLUMNS))).rstrip() for c in cells]

@@ -66,6 +66,9 @@ class ImagesSource:
             raise SourceError("input.no_images", f"{self.dir}: no readable .jpg/.png images")
         self._frames, self._i = frames, 0
 
+    def __len__(self) -> int:
+        return len(self._frames)
+
     def read(self) -> np.ndarray:
         if not self._frames:
             raise SourceError("input.read_failed", f"{self.dir}: not open")

@@ -120,8 +120,10 @@ class InferenceLoop:
         on_output: Callable[[Any, list[np.ndarray]], None] | None = None,
         output_interval_s: float = 1.0,
         check_finite_every: int = 1,
+        on_frame: Callable[[Any, np.ndarray, list[np.ndarray]], None] | None = None,
     ) -> None:
         self.model = model
+        self.on_frame = on_frame  # every served frame (the quality monitor: a few appends, no I/O)
         self.source = source
         self.stats = LatencyWindow()
         self.counters = ModelCounters()
@@ -309,6 +311,13 @@ class InferenceLoop:
             counters.frames += 1
             counters.invoke_ms.append((t3 - t2) * 1e3)
             self.heartbeat = now
+            on_frame = self.on_frame
+            if on_frame is not None:
+                try:
+                    on_frame(model, frame, outs)
+                except Exception:  # noqa: BLE001 - quality figures must never cost a frame
+                    self.on_frame = None
+                    log.exception("the frame hook failed; it is off until the next start")
             if not self.first_frame.is_set():
                 self.first_frame.set()
                 if self.on_first_frame is not None:

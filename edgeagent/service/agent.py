@@ -19,7 +19,6 @@ import signal
 import sys
 import threading
 import time
-from datetime import timedelta
 from typing import Any
 
 from edgeagent import __version__
@@ -32,13 +31,13 @@ from edgeagent.inputs.factory import make_source
 from edgeagent.inputs.resilient import ResilientSource
 from edgeagent.runtime.loop import InferenceLoop
 from edgeagent.service import ops
-from edgeagent.service.boot import boot_model
+from edgeagent.service.boot import boot_model, observe_clock
 from edgeagent.service.host import ServingHost
+from edgeagent.service.monitoring import wire_quality
 from edgeagent.service.reporter import Reporter
 from edgeagent.service.sdnotify import Notifier
 from edgeagent.state.lock import DaemonLock
 from edgeagent.state.store import SlotStore
-from edgeagent.state.timefloor import TimeFloor, released, utcnow
 from edgeagent.telemetry.collector import TelemetryCollector
 
 log = logging.getLogger("edgeagent")
@@ -70,6 +69,8 @@ class Agent:
         self.follower: Any = None
         self.metrics: Any = None
         self.discovery: Any = None
+        self.quality: Any = None  # runtime.quality.QualityMonitor, with [monitor] enabled
+        self.capture: Any = None  # runtime.capture.SampleCapture, with [monitor] capture (opt-in)
         self.telemetry = TelemetryCollector(cfg.telemetry, cfg.device_id)
         # SimpleQueue: its put is reentrant. A signal handler runs between two bytecodes of the
         # main thread, possibly inside Queue.get while it holds the queue's lock, and a
@@ -81,7 +82,7 @@ class Agent:
         self.reporter = Reporter(config=lambda: self.config, collector=self.telemetry, host=self.host,
                                  notifier=self.notifier, transport=lambda: self.transport,
                                  outputs=lambda: self.outputs, metrics=lambda: self.metrics,
-                                 discovery=lambda: self.discovery)
+                                 discovery=lambda: self.discovery, quality=lambda: self.quality)
 
     # -- what the parts read (telemetry.prometheus.Readings, transport.homeassistant.Source) --
     @property
@@ -142,11 +143,13 @@ class Agent:
             self.outputs = OutputPublisher((lambda sub, payload: self.transport.publish(sub, payload, qos=0))
                                            if cfg.mqtt.host else None, full=cfg.output.publish == "full",
                                            version=lambda: self.host.model_info.get("version"), top_k=cfg.output.top_k)
+        self.quality, self.capture = wire_quality(cfg, self.host, self.events, self.dispatcher,
+                                                  lambda sub, data: self.transport and self.transport.publish(sub, data, qos=1))
         self.host.loop = InferenceLoop(
             model, source, rate_hz=cfg.input.rate_hz,
             on_output=self.outputs.offer if self.outputs is not None else None,
             output_interval_s=1.0 / cfg.output.max_rate_hz if cfg.output.max_rate_hz else 1.0,
-        )
+            on_frame=self.quality.on_frame if self.quality is not None else None)
         ops.register(self.dispatcher, status=self.status, get_config=lambda: self.config,
                      set_config=self._set_config)
         from edgeagent.update.manager import UpdateManager  # the updater needs the loop
@@ -249,19 +252,8 @@ class Agent:
         self.events.emit(name, **fields)
 
     def _observe_clock(self) -> None:
-        """Keep the persisted time floor (update expiry on devices without an RTC) near now."""
         self._clock_checked = time.monotonic()
-        try:
-            seen = TimeFloor(self.config.state_dir).observe_wall_clock(
-                released=released(), max_ahead=timedelta(days=self.config.update.clock_max_ahead_days))
-            if seen == "behind":
-                log.warning("the wall clock is below the last time this device saw: not synchronised yet "
-                            "(update expiry is judged against the saved time floor)")
-            elif seen == "ahead":
-                log.warning("the wall clock reads %s, more than update.clock_max_ahead_days past anything this "
-                            "device knows has passed: not saved as the time floor", utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"))
-        except OSError as e:
-            log.warning("could not save the time floor: %s", e)
+        observe_clock(self.config)
 
     def _supervise_model(self, now: float) -> None:
         """Outside a trial (probation judges those), a model that holds the loop far past its own
@@ -344,8 +336,9 @@ class Agent:
                 self.loop.source.close()
             except Exception:  # noqa: BLE001
                 pass
-        if self.outputs is not None:
-            self.outputs.stop()
+        for part in (self.outputs, self.capture):
+            if part is not None:
+                part.stop()
         if self.control is not None:
             self.control.stop()
         if self.metrics is not None:

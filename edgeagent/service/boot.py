@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +19,7 @@ from edgeagent.state import labels
 from edgeagent.state.atomic import sha256_file
 from edgeagent.state.model import BootPlan
 from edgeagent.state.store import SlotStore
+from edgeagent.state.timefloor import TimeFloor, released, utcnow
 from edgeagent.update.cancel import Cancel
 
 log = logging.getLogger("edgeagent")
@@ -138,3 +140,18 @@ def boot_model(cfg: Config, store: SlotStore, host: ServingHost, notifier: Notif
                          "trial": plan.trial is not None, "labels": store.label_count(plan.slot, info)})
     events.emit("model.loaded", model=host.model_info, backend=model.backend)
     return model, plan
+
+
+def observe_clock(cfg: Config) -> None:
+    """Keep the persisted time floor (update expiry on devices without an RTC) near now."""
+    try:
+        seen = TimeFloor(cfg.state_dir).observe_wall_clock(
+            released=released(), max_ahead=timedelta(days=cfg.update.clock_max_ahead_days))
+        if seen == "behind":
+            log.warning("the wall clock is below the last time this device saw: not synchronised yet "
+                        "(update expiry is judged against the saved time floor)")
+        elif seen == "ahead":
+            log.warning("the wall clock reads %s, more than update.clock_max_ahead_days past anything this "
+                        "device knows has passed: not saved as the time floor", utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"))
+    except OSError as e:
+        log.warning("could not save the time floor: %s", e)

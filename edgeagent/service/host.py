@@ -13,7 +13,7 @@ from typing import Callable
 
 from edgeagent.config import Config
 from edgeagent.engine.model import Model
-from edgeagent.state import labels
+from edgeagent.state import labels, reference
 from edgeagent.runtime.loop import InferenceLoop
 from edgeagent.update.probation import stall_limit_s
 
@@ -42,6 +42,7 @@ class ServingHost:
         model = Model.load(str(path), backend=m.backend, num_threads=m.num_threads, delegate=m.delegate,
                            input_mean=m.input_mean, input_std=m.input_std)
         model.labels = labels.load_beside(path)
+        model.reference = reference.load_beside(path)  # the quality reference, signed or learned
         return model
 
     def on_model_info(self, listener: Callable[[dict], None]) -> None:

@@ -25,12 +25,14 @@ log = logging.getLogger("edgeagent")
 class Reporter:
     def __init__(self, *, config: Callable[[], Config], collector: TelemetryCollector, host: ServingHost,
                  notifier: Notifier, transport: Callable[[], Any], outputs: Callable[[], Any],
-                 metrics: Callable[[], Any], discovery: Callable[[], Any]) -> None:
+                 metrics: Callable[[], Any], discovery: Callable[[], Any],
+                 quality: Callable[[], Any] = lambda: None) -> None:
         self._config = config
         self._collector = collector
         self._host = host
         self._notifier = notifier
         self._transport, self._outputs, self._metrics, self._discovery = transport, outputs, metrics, discovery
+        self._quality = quality
         self.last: dict | None = None  # the last telemetry payload
         self._interactive = sys.stderr.isatty()
         self._refresh_at: float | None = None  # a sample soon: the served model changed
@@ -70,6 +72,12 @@ class Reporter:
                 extra["dropped"] = dropped
             if outs is not None and (outs.dropped or tr.backlog_dropped):
                 extra["output_dropped"] = outs.dropped + tr.backlog_dropped
+        q = self._quality()
+        if q is not None:
+            q.poll()
+            figures = q.figures()
+            if figures:
+                extra["quality"] = figures
         m = self._host.model_info
         payload = self._collector.collect(model={k: m.get(k) for k in ("name", "version", "slot", "trial")},
                                           inference=loop.snapshot(), extra=extra or None)
@@ -96,7 +104,9 @@ class Reporter:
             if self._stop.wait(max(0.0, min(0.5, next_tel - now))):
                 return
             try:
-                metrics, discovery = self._metrics(), self._discovery()
+                metrics, discovery, quality = self._metrics(), self._discovery(), self._quality()
+                if quality is not None:
+                    quality.poll()  # windows are judged here, never on the inference thread
                 if metrics is not None:
                     metrics.sample()
                 if discovery is not None:

@@ -152,6 +152,22 @@ class AgentMetrics:
             for flag in THROTTLE_BITS.values():
                 g.add_metric([flag], 1.0 if flag in (thr.get("now") or []) else 0.0)
             yield g
+        q = t.get("quality")
+        if isinstance(q, dict) and q.get("reference") in ("signed", "learned"):
+            psi = GaugeMetricFamily("edgeagent_quality_psi", "Population stability index of the last window against "
+                                    "the model's reference", labels=["metric", "reference"])
+            for metric in ("class", "confidence", "input"):
+                if isinstance(q.get(f"psi_{metric}"), (int, float)):
+                    psi.add_metric([metric, q["reference"]], q[f"psi_{metric}"])
+            yield psi
+            dr = GaugeMetricFamily("edgeagent_quality_drift", "1 while model.drift is raised for the metric",
+                                   labels=["metric"])
+            for metric in ("class", "confidence", "input"):
+                dr.add_metric([metric], 1.0 if metric in (q.get("drift") or []) else 0.0)
+            yield dr
+        if isinstance(q, dict) and isinstance(q.get("low_confidence_pct"), (int, float)):
+            yield GaugeMetricFamily("edgeagent_quality_low_confidence_ratio", "Share of the last window's frames "
+                                    "under the low-confidence line", value=q["low_confidence_pct"] / 100.0)
         u = CounterMetricFamily("edgeagent_updates", "Update outcomes since the daemon started", labels=["result"])
         for k, v in updates.items():
             u.add_metric([k], v)

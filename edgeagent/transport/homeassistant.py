@@ -60,6 +60,17 @@ def discovery_payload(*, device_id: str, topic_prefix: str, agent_version: str, 
                              "device_class": "problem",
                              "value_template": "{{ 'ON' if value_json.throttled and value_json.throttled.now "
                                                "else 'OFF' }}"},
+        f"{uid}_drift": {"p": "binary_sensor", "name": "Drift", "unique_id": f"{uid}_drift", "device_class": "problem",
+                         "value_template": "{{ 'ON' if value_json.quality and value_json.quality.drift else 'OFF' }}"},
+        **{f"{uid}_psi_{m}": {"p": "sensor", "name": f"Drift PSI ({m})", "unique_id": f"{uid}_psi_{m}",
+                              "state_class": "measurement", "icon": "mdi:chart-bell-curve", "suggested_display_precision": 3,
+                              "value_template": f"{{{{ value_json.quality.psi_{m} if value_json.quality and "
+                                                f"value_json.quality.psi_{m} is not none else '{none}' }}}}"}
+           for m in ("class", "input")},
+        f"{uid}_low_conf": {"p": "sensor", "name": "Low-confidence frames", "unique_id": f"{uid}_low_conf",
+                            "unit_of_measurement": "%", "state_class": "measurement", "icon": "mdi:help-circle-outline",
+                            "value_template": "{{ value_json.quality.low_confidence_pct if value_json.quality and "
+                                              f"value_json.quality.low_confidence_pct is not none else '{none}' }}}}"},
         f"{uid}_model": {"p": "update", "name": "Model", "unique_id": f"{uid}_model", "state_topic": f"{P}/update",
                          "title": str(model.get("name") or "model"), "device_class": "firmware",
                          "entity_category": "config"},

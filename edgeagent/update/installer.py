@@ -22,7 +22,7 @@ import numpy as np
 
 from edgeagent.config import Config
 from edgeagent.errors import CommandError
-from edgeagent.state import labels
+from edgeagent.state import labels, reference
 from edgeagent.state.timefloor import TimeFloor, released, utcnow
 from edgeagent.update import health as health_mod
 from edgeagent.update.errors import UpdateRejected
@@ -229,6 +229,7 @@ class Installer:
             self.store.mark_bad(slot, f"{e.code}: {e.message}")
             raise
         digest = self.store.write_labels(slot, names)  # the slot is still marked bad: a cut here is safe
+        reference.write_beside(target, m.monitor)  # no signed reference: the device learns one after the commit
         self.store.record_installed(slot, model=m.model, version=m.version, sha256=m.target.sha256,
                                     size=m.target.size, health=hdict, labels_sha256=digest)
         self.staging.cleanup()

@@ -19,7 +19,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgeagent.state import labels
+from edgeagent.state import labels, reference
+from edgeagent.update import golden
+from edgeagent.update.golden import MAX_GOLDEN_BYTES, Golden  # noqa: F401 - re-exported
 from edgeagent.update.canonical import canonical_bytes
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.keys import keyid
@@ -27,7 +29,6 @@ from edgeagent.update.keys import keyid
 # A manifest may carry a golden set (reference inputs), so it is larger than TUF's metadata;
 # still small enough for one MQTT message and the device's memory.
 MAX_ENVELOPE_BYTES = 512 * 1024
-MAX_GOLDEN_BYTES = 256 * 1024  # the decoded npz
 MAX_PROBATION_S = 86400
 MAX_DEPTH = 16  # a real envelope nests 7 deep; json.loads recurses, and 100,000 '[' fit in 512 KiB
 MAX_INT = 2**63 - 1  # what every consumer of these numbers (C, JSON in other languages) can hold
@@ -61,16 +62,6 @@ class Payload:
 
 
 @dataclass(frozen=True)
-class Golden:
-    npz_b64: str
-    min_pass_pct: int
-    tol_e6: int = 1000
-
-    def to_dict(self) -> dict:
-        return {"npz_b64": self.npz_b64, "min_pass_pct": self.min_pass_pct, "tol_e6": self.tol_e6}
-
-
-@dataclass(frozen=True)
 class HealthOverrides:
     probation_s: float | None = None
     max_latency_ms: float | None = None
@@ -93,6 +84,7 @@ class Manifest:
     io: dict | None
     signed: dict
     labels: tuple[str, ...] | None = None  # the target model's labels (signed.labels), stored beside it
+    monitor: Any = None  # the target's quality reference (signed.monitor, state.reference.Reference)
 
 
 def _bad(msg: str) -> UpdateRejected:
@@ -208,28 +200,6 @@ def _str(v: Any, path: str, pattern: re.Pattern, what: str) -> str:
     return v
 
 
-def _golden(v: Any, path: str) -> Golden:
-    g = _obj(v, path, {"npz_b64", "min_pass_pct"}, {"tol_e6"})
-    b64 = g["npz_b64"]
-    if not isinstance(b64, str) or not b64:
-        raise _bad(f"{path}.npz_b64: expected a base64 string")
-    if len(b64) > (MAX_GOLDEN_BYTES * 4) // 3 + 4:
-        raise _bad(f"{path}.npz_b64: larger than {MAX_GOLDEN_BYTES} bytes decoded")
-    try:
-        raw = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise _bad(f"{path}.npz_b64: not valid base64") from None
-    if not raw.startswith(b"PK"):
-        raise _bad(f"{path}.npz_b64: not an .npz (zip) file")
-    pct = _int(g["min_pass_pct"], f"{path}.min_pass_pct", 1)
-    if pct > 100:
-        raise _bad(f"{path}.min_pass_pct: expected 1 to 100")
-    tol = _int(g["tol_e6"], f"{path}.tol_e6", 0) if "tol_e6" in g else 1000
-    if tol > 1_000_000_000:
-        raise _bad(f"{path}.tol_e6: expected at most 1000000000")
-    return Golden(b64, pct, tol)
-
-
 def _time(v: Any, path: str) -> datetime:
     _str(v, path, _TIME, "RFC 3339 UTC time YYYY-MM-DDTHH:MM:SSZ")
     try:
@@ -252,17 +222,18 @@ def _io(v: Any, path: str) -> dict:
     return d
 
 
-def _labels(v: Any, path: str) -> tuple[str, ...]:
+def _pure(parse: Any, v: Any, path: str) -> Any:
+    """A part parsed by its own pure module (labels, the quality reference); its ValueError, one line."""
     try:
-        return labels.from_signed(v)
-    except labels.LabelsError as e:
-        raise _bad(f"{path}: {e}") from None
+        return parse(v)
+    except ValueError as e:
+        raise _bad(str(e) if str(e).startswith(path) else f"{path}: {e}") from None
 
 
 def parse_signed(s: Any) -> Manifest:
     """Strict schema of `signed` (only called on signature-verified data)."""
     s = _obj(s, "signed", {"_type", "spec_version", "model", "version", "created", "expires", "kind", "target", "payload"},
-             {"base", "health", "io", "labels"})
+             {"base", "health", "io", "labels", "monitor"})
     if s["_type"] != TYPE:
         raise _bad(f"signed._type: expected {TYPE!r}")
     if s["spec_version"] != SPEC_VERSION or isinstance(s["spec_version"], bool):
@@ -310,11 +281,12 @@ def parse_signed(s: Any) -> Manifest:
             _num(h["max_latency_ms"], "signed.health.max_latency_ms", strict=True) if "max_latency_ms" in h else None,
             _int(h["min_inferences"], "signed.health.min_inferences") if "min_inferences" in h else None,
             agree,
-            _golden(h["golden"], "signed.health.golden") if "golden" in h else None,
+            _pure(golden.parse, h["golden"], "signed.health.golden") if "golden" in h else None,
         )
     io = _io(s["io"], "signed.io") if "io" in s else None
-    names = _labels(s["labels"], "signed.labels") if "labels" in s else None
-    return Manifest(model, version, s["created"], s["expires"], kind, base, target, payload, health, io, s, names)
+    names = _pure(labels.from_signed, s["labels"], "signed.labels") if "labels" in s else None
+    monitor = _pure(reference.parse, s["monitor"], "signed.monitor") if "monitor" in s else None
+    return Manifest(model, version, s["created"], s["expires"], kind, base, target, payload, health, io, s, names, monitor)
 
 
 def _check_signatures(env: dict, trusted: dict[str, Ed25519PublicKey], threshold: int) -> None:

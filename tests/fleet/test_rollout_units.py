@@ -166,7 +166,9 @@ def test_fleet_view_with_a_custom_prefix():
                                                  "model": {"name": "m", "version": 3, "slot": "b"}}).encode(), now=100)
     v.ingest("site/cam1/ea/telemetry", json.dumps({"inference": {"fps": 9.5, "latency_ms": {"p95": 2.25}},
                                                     "thermal": {"cpu": 51.0, "gpu": 49.0},
-                                                    "power": {"total_w": None, "agent_w": 0.4, "source": "estimate"}}
+                                                    "power": {"total_w": None, "agent_w": 0.4, "source": "estimate"},
+                                                    "quality": {"reference": "signed", "psi_class": 0.41,
+                                                                "psi_input": 0.05, "drift": ["class"]}}
                                                    ).encode(), now=101)
     v.ingest("site/cam1/ea/rollout", json.dumps({"rollout": "r9", "version": 3, "result": "committed"}).encode())
     v.ingest("site/cam2/ea/status", b"not json")
@@ -181,6 +183,7 @@ def test_fleet_view_with_a_custom_prefix():
     lines = table(rows, now=110)
     assert lines[0].split()[:3] == ["DEVICE", "STATE", "GROUPS"]
     assert lines[1].split() == ["cam1", "online", "g", "m", "v3", "b", "-", "9.5", "2.25", "51.0", "0.40~",
-                                "r9:committed", "9s"]
+                                "0.41", "DRIFT", "r9:committed", "9s"]  # the largest PSI, and that it drifts
+    assert table(v.rows("h"), now=110)[1].split()[-3] == "-"  # no quality figures: no PSI
     v2 = FleetView()
     assert v2.split("edgeagent/group/status") is None  # the group topics are not a device

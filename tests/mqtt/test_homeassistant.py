@@ -80,8 +80,9 @@ def test_discovery_matches_the_schema_and_drives_the_device(tmp_path, broker, pe
         assert c.get("entity_category") in (None, "config", "diagnostic")
         by_platform.setdefault(plat, []).append(c)
     names = {c["name"] for c in by_platform["sensor"]}
-    assert names == {"Inference rate", "Latency p95", "Power", "Energy per inference", "Temperature cpu-thermal"}
-    assert [c["name"] for c in by_platform["binary_sensor"]] == ["Throttled"]
+    assert names == {"Inference rate", "Latency p95", "Power", "Energy per inference", "Temperature cpu-thermal",
+                     "Drift PSI (class)", "Drift PSI (input)", "Low-confidence frames"}
+    assert [c["name"] for c in by_platform["binary_sensor"]] == ["Throttled", "Drift"]
     assert [c["name"] for c in by_platform["update"]] == ["Model"]
     assert sorted(c["name"] for c in by_platform["button"]) == ["Commit model", "Roll back model"]
 
@@ -94,6 +95,11 @@ def test_discovery_matches_the_schema_and_drives_the_device(tmp_path, broker, pe
     assert float(got["Power"]) == tel["power"]["agent_w"]  # no sensor: the agent's estimated share
     assert got["Energy per inference"] == "None"  # not measured: unknown, not a made-up number
     assert got["Throttled"] == "OFF"
+    assert got["Drift"] == "OFF" and got["Drift PSI (class)"] == "None"  # no window judged against a reference yet
+    drifting = {**tel, "quality": {"reference": "learned", "psi_class": 0.4123, "psi_input": 0.02, "drift": ["class"],
+                                   "low_confidence_pct": 12.5}}
+    got = {c["name"]: render(c["value_template"], drifting) for c in by_platform["sensor"] + by_platform["binary_sensor"]}
+    assert got["Drift"] == "ON" and float(got["Drift PSI (class)"]) == 0.4123 and float(got["Low-confidence frames"]) == 12.5
     assert render(doc["availability"][0]["value_template"], {"state": "online"}) == "online"
 
     # -- the update entity: installed version; then an update, then the commit button -------------
