@@ -14,11 +14,13 @@ import os
 import re
 import socket
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from edgeagent.configcheck import Check, _check, _listen, _min, _one_of, _range, _rate  # noqa: F401
 from edgeagent.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -27,35 +29,6 @@ else:  # pragma: no cover - exercised on 3.10 devices only
     import tomli as tomllib
 
 DEFAULT_CONFIG_PATH = "/etc/edgeagent/config.toml"
-
-Check = Callable[[Any], "str | None"]
-
-
-def _check(fn: Check, **kw: Any) -> Any:
-    return field(metadata={"check": fn}, **kw)
-
-
-def _one_of(*choices: str) -> Check:
-    return lambda v: None if v in choices else f"must be one of {', '.join(map(repr, choices))}"
-
-
-def _min(lo: float, inclusive: bool = True) -> Check:
-    def check(v: Any) -> str | None:
-        ok = v >= lo if inclusive else v > lo
-        return None if ok else f"must be {'>=' if inclusive else '>'} {lo}"
-
-    return check
-
-
-def _range(lo: float, hi: float) -> Check:
-    return lambda v: None if lo <= v <= hi else f"must be between {lo} and {hi}"
-
-
-def _rate(v: float) -> str | None:
-    """0 (as fast as possible) or 0.1..1000 Hz: a rate of 1e-11 Hz overflows the loop's sleep,
-    0.01 Hz starves the watchdog."""
-    return None if v == 0 or 0.1 <= v <= 1000 else "must be 0 (as fast as possible) or between 0.1 and 1000"
-
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _TOPIC_BAD = re.compile(r"[#+\x00]")
@@ -96,6 +69,16 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class DelegateConfig:  # [model.delegate], or `delegate = "lib.so"` for {library = "lib.so"}
+    library: str = ""  # an external delegate, e.g. libedgetpu.so.1 (Coral), libarmnnDelegate.so, libteflon.so
+    options: dict[str, str] = field(default_factory=dict)  # passed to load_delegate, e.g. {device = "usb"}
+    fallback: str = _check(_one_of("fail", "cpu"), default="fail")  # a delegate that does not load
+    exclusive: bool | str = _check(lambda v: None if v in (True, False, "auto") else 'expected true, false or "auto"',
+                                   default="auto")  # one process only (auto: libedgetpu)
+    name: str = ""  # what a manifest's requires.delegate names (default: from the library, e.g. "edgetpu")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = _check(
         lambda v: None if _MODEL_NAME.match(v) else "must match [A-Za-z0-9._-]{1,64}", default="model"
@@ -106,7 +89,7 @@ class ModelConfig:
     initial_version: int = _check(_min(1), default=1)
     backend: str = _check(_one_of("auto", "litert", "tflite"), default="auto")
     num_threads: int = _check(_range(0, 64), default=0)  # 0 = one per core
-    delegate: str = ""  # path of an external delegate library, e.g. libedgetpu.so.1
+    delegate: DelegateConfig = field(default_factory=lambda: DelegateConfig())  # a library path, or the table
     input_mean: float = 0.0  # float inputs get (x - mean) / std, like TFLite's examples
     input_std: float = _check(lambda v: None if v != 0 else "must not be 0", default=255.0)
 
@@ -212,15 +195,6 @@ class UpdateConfig:
     clock_max_ahead_days: int = _check(_range(1, 3650), default=365)
 
 
-def _listen(v: str) -> str | None:
-    if not v:
-        return None
-    host, sep, port = v.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return "expected HOST:PORT (127.0.0.1:9101 for this machine only, 0.0.0.0:9101 for the LAN)"
-    return None
-
-
 @dataclass(frozen=True)
 class MetricsConfig:
     # a node_exporter textfile collector file, rewritten atomically every telemetry interval
@@ -285,6 +259,16 @@ def _type_name(t: Any) -> str:
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
+    if tp is DelegateConfig and isinstance(value, str):
+        value = {"library": value}  # the plain-string form of v0.2
+    if origin is types.UnionType:
+        if not isinstance(value, typing.get_args(tp)):
+            raise ConfigError(message=f"{key}: expected one of {', '.join(map(_type_name, typing.get_args(tp)))}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, (str, int, float)) for v in value.values()):
+            raise ConfigError(message=f"{key}: expected a table of strings")
+        return {str(k): str(v) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(message=f"{key}: expected a table, got {type(value).__name__}")

@@ -4,7 +4,10 @@
 #
 #   sudo scripts/install.sh [--prefix ROOT] [--extras camera,images] [--pip-args "..."]
 #                           [--package WHEEL] [--system-site-packages] [--start]
+#                           [--accelerator coral-usb|coral-pcie|arm-gpu|npu-teflon]...
 #
+# --accelerator NAME installs systemd/edgeagent.service.d/NAME.conf (the device nodes and groups
+# that accelerator needs) and puts the service user in those groups (repeatable).
 # --prefix builds into another root (an image, even an empty directory): the user and groups go
 # into ROOT/etc/{passwd,group,shadow,gshadow} (no tool reads the host's), files are owned by the
 # ids from ROOT, and the venv's scripts name /opt/edgeagent/venv, the path once ROOT is /.
@@ -22,6 +25,7 @@ PIP_ARGS=""
 PACKAGE=""
 START=0
 SYSTEM_SITE=auto
+ACCELERATORS=""
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 
@@ -32,9 +36,10 @@ while [ $# -gt 0 ]; do
     --pip-args) PIP_ARGS="$2"; shift 2 ;;
     --package) PACKAGE="$2"; shift 2 ;;   # a wheel or requirement instead of this source tree
     --start) START=1; shift ;;
+    --accelerator) ACCELERATORS="$ACCELERATORS ${2//,/ }"; shift 2 ;;
     --system-site-packages) SYSTEM_SITE=1; shift ;;
     --no-system-site-packages) SYSTEM_SITE=0; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -50,6 +55,17 @@ STATE="$PREFIX/var/lib/edgeagent"
 say() { echo "install.sh: $*"; }
 
 die() { echo "install.sh: $*" >&2; exit 1; }
+
+# accelerators: their drop-ins must exist, and their SupplementaryGroups become the user's groups
+EXTRA_GROUPS=""
+for acc in $ACCELERATORS; do
+  conf="$SRC/systemd/edgeagent.service.d/$acc.conf"
+  if [ ! -f "$conf" ]; then
+    known=$(cd "$SRC/systemd/edgeagent.service.d" && ls -- *.conf | sed 's/\.conf$//' | tr '\n' ' ')
+    echo "install.sh: --accelerator $acc: unknown (known: ${known% })" >&2; exit 2
+  fi
+  EXTRA_GROUPS="$EXTRA_GROUPS $(sed -n 's/^SupplementaryGroups=//p' "$conf" | tr '\n' ' ')"
+done
 
 # The image's python3: its minor version from the name /usr/bin/python3 links to, its
 # architecture from the ELF header (e_machine). Empty when ROOT has none yet.
@@ -99,6 +115,7 @@ if [ -n "$PREFIX" ]; then
   # the unit's SupplementaryGroups must exist: Debian's base-passwd ids where the image lacks them
   add_group video 44
   add_group dialout 20
+  for g in $EXTRA_GROUPS; do add_group "$g"; done
   if ! grep -q '^edgeagent:' "$PREFIX/etc/passwd"; then
     gid=$(awk -F: '$1 == "edgeagent" { print $3 }' "$PREFIX/etc/group")
     uid=$(free_id)
@@ -107,7 +124,7 @@ if [ -n "$PREFIX" ]; then
     echo "edgeagent:!:$(( $(date +%s) / 86400 )):0:99999:7:::" >> "$PREFIX/etc/shadow"
     say "created user edgeagent ($uid) in $PREFIX/etc/passwd"
   fi
-  for g in video dialout; do
+  for g in video dialout $EXTRA_GROUPS; do
     if ! grep -Eq "^$g:[^:]*:[^:]*:(.*,)?edgeagent(,|$)" "$PREFIX/etc/group"; then
       sed -i -E "s/^($g:[^:]*:[^:]*:)(.*)$/\1\2,edgeagent/; s/^($g:[^:]*:[^:]*:),edgeagent$/\1edgeagent/" "$PREFIX/etc/group"
     fi
@@ -122,7 +139,10 @@ else
       --shell /usr/sbin/nologin --comment "edgeagent daemon" edgeagent || die "useradd edgeagent failed"
     say "created user edgeagent"
   fi
-  for g in video dialout; do
+  for g in $EXTRA_GROUPS; do  # an accelerator's group its driver package has not created yet
+    getent group "$g" >/dev/null || { groupadd --system "$g" && say "created group $g"; } || die "groupadd $g failed"
+  done
+  for g in video dialout $EXTRA_GROUPS; do
     if getent group "$g" >/dev/null && ! id -nG edgeagent | tr ' ' '\n' | grep -qx "$g"; then
       usermod -aG "$g" edgeagent || die "usermod -aG $g edgeagent failed"
     fi
@@ -191,6 +211,10 @@ install -d -m 0750 "$STATE"
 chown "$EA_UID:$EA_GID" "$STATE" || die "cannot chown $STATE to $EA_UID:$EA_GID (run as root)"
 install -D -m 0644 "$SRC/systemd/edgeagent.service" "$UNIT"
 say "installed $UNIT"
+for acc in $ACCELERATORS; do
+  install -D -m 0644 "$SRC/systemd/edgeagent.service.d/$acc.conf" "$UNIT.d/$acc.conf"
+  say "installed $UNIT.d/$acc.conf (groups:$(sed -n 's/^SupplementaryGroups=/ /p' "$UNIT.d/$acc.conf" | tr -d '\n'))"
+done
 
 if [ -z "$PREFIX" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload

@@ -33,6 +33,14 @@ def start_daemon(tmp_path: Path, model_path: Path):
             d.stop()
 
 
+@pytest.fixture(scope="session")
+def test_delegate(tmp_path_factory) -> Path:
+    """A real TFLite external delegate library, built at test time (tests/support/delegate)."""
+    from tests.support.delegate import build
+
+    return build(tmp_path_factory.mktemp("delegate"))
+
+
 POWERCUT_SUMMARY: list[str] = []  # filled by tests/hardening/test_powercut.py
 
 

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="interpreter threads (0 = one per core)")
     p.add_argument("--backend", choices=("auto", "litert", "tflite"), default="auto")
     p.add_argument("--rounds", type=int, default=5, help="raw/agent round pairs (default 5)")
+    p.add_argument("--delegate", metavar="LIB", help="an external delegate library (both sides run on it)")
+    p.add_argument("--delegate-option", metavar="KEY=VALUE", action="append", default=[],
+                   help="an option for the delegate (repeatable), e.g. device=usb")
     add_json(p)
     p.set_defaults(func=cmd_bench)
 
@@ -96,11 +99,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edgeagent.runtime.bench import run_bench
 
     progress = (lambda s: print(s, file=sys.stderr)) if sys.stderr.isatty() and not args.json else None
+    opts = dict(o.split("=", 1) for o in args.delegate_option if "=" in o)
+    if len(opts) != len(args.delegate_option):
+        from edgeagent.errors import CommandError
+
+        raise CommandError("cmd.bad_args", "--delegate-option: expected KEY=VALUE")
     r = run_bench(args.model, seconds=args.seconds, threads=args.threads, backend=args.backend,
+                  delegate={"library": args.delegate, "options": opts, "exclusive": False} if args.delegate else None,
                   rounds=args.rounds, progress=progress)
     if args.json:
         emit_json(r)
         return 0
+    dlg = r.get("delegate")
+    if dlg:
+        print(f"delegate {dlg['name']} ({dlg['library']}): {dlg['state']}" + (f" ({dlg['reason']})" if dlg.get("reason") else ""))
     print(f"model {r['model']} ({r['backend']} backend, {r['threads']} threads, {r['rounds']} paired rounds "
           f"in {r['seconds']:.0f} s, at least {min(r['frames_per_round'].values())} frames each)")
     print(f"{'':8}{'fps':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference-window", type=int, default=300, help="frames per window the device judges (300)")
     p.add_argument("--warn-psi", type=float, default=0.1, help="PSI under which a drift alarm clears (0.1)")
     p.add_argument("--alarm-psi", type=float, default=0.25, help="PSI over which a window counts toward model.drift (0.25)")
+    p.add_argument("--requires-delegate", metavar="NAME",
+                   help="only devices whose [model.delegate] is NAME (e.g. edgetpu) take it; others refuse it before "
+                        "downloading (update.accelerator_missing)")
     p.add_argument("--new-io", action="store_true",
                    help="announce the target's inputs and outputs (signed.io): needed when they differ from the "
                         "model it replaces, e.g. another number of classes")
@@ -97,7 +100,8 @@ def cmd_release(args: argparse.Namespace) -> int:
         r = make_release(keys=args.key, target=Path(args.target), base=Path(args.base) if args.base else None,
                          model=args.model, version=args.version, out_dir=Path(args.out), force_full=args.full,
                          expires_days=args.expires_days, health=health or None, base_version=args.base_version,
-                         progress=progress, delta_method=args.delta, labels=names, io=io, monitor=monitor)
+                         progress=progress, delta_method=args.delta, labels=names, io=io, monitor=monitor,
+                         requires_delegate=args.requires_delegate)
     finally:
         if progress:
             bar.stop()

@@ -119,7 +119,7 @@ def _offline_rollback(cfg: Any, reason: str, leave: Any = None, to: Any = None) 
         raise EdgeAgentError("state.no_rollback_target",
                              f"slot {to_slot} holds v{store.state().slots[to_slot].version}, not {to}")
     m = cfg.model
-    Model.load(str(store.slot_path(to_slot)), backend=m.backend, num_threads=m.num_threads).close()
+    Model.load(str(store.slot_path(to_slot)), backend=m.backend, num_threads=m.num_threads, delegate=m.delegate).close()
     before = store.state()
     frm = before.active
     st = store.rollback(reason, mark_bad=False)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeagent.engine.backend import load_backend
-from edgeagent.engine.spec import TensorSpec
+from edgeagent.engine.spec import DelegateSpec, TensorSpec
 from edgeagent.errors import ModelError, SourceError
 
 log = logging.getLogger("edgeagent.engine")
@@ -75,9 +75,10 @@ class Model:
     num_threads: int = 0  # what the interpreter was built with
     labels: tuple[str, ...] | None = None  # the slot's labels (state/labels.py), set by who loads it
     reference: Any = None  # the slot's quality reference (state/reference.py), set by who loads it
+    delegate: dict | None = None  # {"name", "library", "state": "active" | "fallback", "reason"}
 
     @classmethod
-    def load(cls, path: str, *, backend: str = "auto", num_threads: int = 0, delegate: str = "",
+    def load(cls, path: str, *, backend: str = "auto", num_threads: int = 0, delegate: Any = None,
              input_mean: float = 0.0, input_std: float = 255.0) -> "Model":
         """Load and allocate; every way a file can be bad becomes ModelError with one line."""
         b = load_backend(backend)
@@ -91,12 +92,18 @@ class Model:
             head = fh.read(8)
         if head[4:8] != b"TFL3":
             raise ModelError("model.invalid", f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
-        delegates = []
-        if delegate:
+        spec = DelegateSpec.of(delegate)
+        delegates, state = [], None
+        if spec is not None:
             try:
-                delegates.append(b.load_delegate(delegate))
+                delegates.append(b.load_delegate(spec.library, dict(spec.options)))
+                state = {"name": spec.name, "library": spec.library, "state": "active", "exclusive": spec.exclusive}
             except (ValueError, OSError, RuntimeError) as e:
-                raise ModelError("model.delegate_failed", f"{delegate}: {_first_line(e)}") from None
+                why = f"{spec.library}: {_first_line(e)}"
+                if spec.fallback != "cpu":
+                    raise ModelError("model.delegate_failed", why) from None
+                log.warning("delegate %s did not load (%s): serving on the CPU (fallback = \"cpu\")", spec.name, why)
+                state = {"name": spec.name, "library": spec.library, "state": "fallback", "reason": why}
         threads = num_threads or cpu_count()
         kw: dict[str, Any] = {"model_path": path, "num_threads": threads}
         if delegates:
@@ -112,6 +119,7 @@ class Model:
             raise ModelError("model.invalid", f"{path}: the model has no inputs or no outputs")
         m = cls(path, it, b.name, input_mean, input_std)
         m.num_threads = threads
+        m.delegate = state
         return m
 
     def io_signature(self) -> dict:
@@ -242,3 +250,16 @@ class Model:
         if have == 4 and want == 3:
             return lambda f: f[..., :3]
         raise SourceError("input.bad_frame", f"cannot map {have} channels to {want}")
+
+
+def probe_delegate(delegate: Any, backend: str = "auto") -> None:
+    """Load the configured delegate once and let it go: a library that does not load (or a device
+    that is not there) is a configuration fault at start, not a model's (model.delegate_failed)."""
+    spec = DelegateSpec.of(delegate)
+    if spec is None:
+        return
+    try:
+        d = load_backend(backend).load_delegate(spec.library, dict(spec.options))
+    except (ValueError, OSError, RuntimeError) as e:
+        raise ModelError("model.delegate_failed", f"{spec.library}: {_first_line(e)}") from None
+    del d

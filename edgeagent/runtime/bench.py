@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -145,7 +145,7 @@ def _invoke_only(model: Model, seconds: float, min_frames: int) -> float:
 
 def run_bench(path: str, *, seconds: float = 10.0, threads: int = 0, backend: str = "auto",
               rounds: int = 5, min_frames: int = MIN_FRAMES,
-              progress: Callable[[str], None] | None = None) -> dict:
+              progress: Callable[[str], None] | None = None, delegate: Any = None) -> dict:
     """Alternate `rounds` raw and agent rounds over about `seconds` (longer when the model is
     too slow for min_frames per round); raises EdgeAgentError with a one-line message."""
     if rounds < 1:
@@ -154,9 +154,11 @@ def run_bench(path: str, *, seconds: float = 10.0, threads: int = 0, backend: st
         raise BenchError("bench.bad_args", "--seconds must be positive")
     if min_frames < 1:
         raise BenchError("bench.bad_args", "min_frames must be at least 1")
-    model = Model.load(path, backend=backend, num_threads=threads)
+    model = Model.load(path, backend=backend, num_threads=threads, delegate=delegate)
     try:
-        return _run(model, path, seconds, rounds, min_frames, progress)
+        out = _run(model, path, seconds, rounds, min_frames, progress)
+        out["delegate"] = model.delegate  # raw and agent alike ran on it
+        return out
     except EdgeAgentError:
         raise
     except Exception as e:  # noqa: BLE001 - the interpreter's own errors, as one line

@@ -361,6 +361,7 @@ class Agent:
             "model": {k: self.model_info.get(k) for k in ("name", "version", "slot", "sha256", "labels")},
             "output": self.outputs.brief() if self.outputs else None,
             "backend": getattr(self.loop.model, "backend", None) if self.loop else None,
+            "delegate": getattr(self.loop.model, "delegate", None) if self.loop else None,
             "trial": self.updater.trial_status() if self.updater else (st.trial if st else None),
             "update": self.updater.progress() if self.updater else None,
             "rollout": self.follower.current() if self.follower else None,

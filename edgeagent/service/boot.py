@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from edgeagent.config import Config
-from edgeagent.engine.model import Model
+from edgeagent.engine.model import Model, probe_delegate
+from edgeagent.engine.spec import DelegateSpec
 from edgeagent.errors import ConfigError, EdgeAgentError, ModelError, StateError
 from edgeagent.events import EventBus
 from edgeagent.service.host import ServingHost
@@ -72,7 +73,8 @@ def check_initial(cfg: Config, store: SlotStore, stopping: Callable[[], bool] = 
     req = health.HealthRequest(candidate=str(m.initial), baseline=None, frames_file="", manifest_io=None,
                                max_latency_factor=cfg.update.max_latency_factor, max_latency_ms=None,
                                backend=m.backend, num_threads=m.num_threads, input_mean=m.input_mean,
-                               input_std=m.input_std)
+                               input_std=m.input_std,
+                               delegate=spec.to_dict() if (spec := DelegateSpec.of(m.delegate)) is not None else None)
     with tempfile.TemporaryDirectory(prefix="edgeagent-initial-") as work:
         res = health.check(req, [], timeout_s=cfg.update.health_timeout_s, workdir=Path(work),
                            cancel=_UntilStopped(stopping))
@@ -111,6 +113,13 @@ def boot_model(cfg: Config, store: SlotStore, host: ServingHost, notifier: Notif
     size = max((os.path.getsize(p) for p in paths if os.path.isfile(p)), default=0)
     notifier.extend_timeout(60 + size / 10e6, "checking the model slots")
     names = initial_labels(cfg)
+    spec = DelegateSpec.of(m.delegate)
+    if spec is not None and spec.fallback == "fail":
+        try:
+            probe_delegate(spec, m.backend)
+        except ModelError as e:  # the device or its library is missing: a restart cannot fix that
+            raise EdgeAgentError(e.code, f"{e.message} (set [model.delegate] fallback = \"cpu\" to serve on the "
+                                         f"CPU without it)", exit_code=2) from None
     check_initial(cfg, store, stopping, names)
 
     def plan_boot() -> BootPlan:
@@ -135,6 +144,8 @@ def boot_model(cfg: Config, store: SlotStore, host: ServingHost, notifier: Notif
         plan = plan_boot()
         model = host.load_model(plan.path)
     info = plan.info
+    if model.delegate and model.delegate["state"] == "fallback":
+        events.emit("model.delegate_fallback", delegate=model.delegate["name"], reason=model.delegate.get("reason"))
     note_initial(cfg, store, plan)
     host.set_model_info({"name": info.model, "version": info.version, "slot": plan.slot, "sha256": info.sha256,
                          "trial": plan.trial is not None, "labels": store.label_count(plan.slot, info)})

@@ -79,7 +79,11 @@ class Reporter:
             if figures:
                 extra["quality"] = figures
         m = self._host.model_info
-        payload = self._collector.collect(model={k: m.get(k) for k in ("name", "version", "slot", "trial")},
+        model = {k: m.get(k) for k in ("name", "version", "slot", "trial")}
+        dlg = getattr(loop.model, "delegate", None)
+        if dlg:  # the accelerator the model runs on, or that it fell back to the CPU
+            model["delegate"] = {"name": dlg["name"], "state": dlg["state"]}
+        payload = self._collector.collect(model=model,
                                           inference=loop.snapshot(), extra=extra or None)
         self.last = payload
         if tr is not None:

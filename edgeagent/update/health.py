@@ -90,6 +90,7 @@ class HealthRequest:
     runs: int = 3
     memory_limit: int = DEFAULT_MEMORY_LIMIT
     golden: dict | None = None  # the manifest's health.golden {"npz_b64", "min_pass_pct", "tol_e6"}
+    delegate: dict | None = None  # engine.spec.DelegateSpec.to_dict(): judged on the execution it is served on
 
 
 def _sig_of(model: Any) -> dict:
@@ -193,7 +194,8 @@ def run_checks(req: HealthRequest) -> HealthResult:
     from edgeagent.errors import EdgeAgentError
 
     t0 = time.monotonic()
-    kw = dict(backend=req.backend, num_threads=req.num_threads, input_mean=req.input_mean, input_std=req.input_std)
+    kw = dict(backend=req.backend, num_threads=req.num_threads, input_mean=req.input_mean, input_std=req.input_std,
+              delegate=req.delegate)
     try:
         cand = Model.load(req.candidate, **kw)
     except EdgeAgentError as e:
@@ -271,10 +273,36 @@ def frames_file_bytes(frames: list[np.ndarray]) -> int:
     return sum(int(f.nbytes) + 256 for f in frames) + 1024
 
 
+def check_in_process(req: HealthRequest, frames: list[np.ndarray], *, workdir: Path,
+                     cancel: Cancel = NEVER) -> HealthResult:
+    """The same checks on the calling thread, for an exclusive accelerator (a Coral: one process
+    may hold it, with several interpreters): the isolation of a child is lost, so a model that
+    crashes the interpreter takes the daemon down, and the restart during the update counts as a
+    failed attempt (the trial-restart rule rolls it back). No memory cap, no timeout, no nice."""
+    cancel.check()
+    t0 = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix="health-", suffix=".npz", delete=False) as fh:
+        frames_file = fh.name
+        if frames:
+            np.savez(fh, **{f"f_{i}": f for i, f in enumerate(frames)})
+    try:
+        res = run_checks(HealthRequest(**{**asdict(req), "frames_file": frames_file}))
+    except MemoryError:
+        res = HealthResult(False, "health.out_of_memory", "the model does not fit in memory")
+    finally:
+        os.unlink(frames_file)
+    cancel.check()
+    res.seconds = round(time.monotonic() - t0, 3)
+    return res
+
+
 def check(req: HealthRequest, frames: list[np.ndarray], *, timeout_s: float, workdir: Path,
           cancel: Cancel = NEVER) -> HealthResult:
     """Run the checks in a child process; any way the child dies is a failed check. A cancel
     kills the child at once (update.cancelled)."""
+    if req.delegate and req.delegate.get("exclusive"):
+        return check_in_process(req, frames, workdir=workdir, cancel=cancel)
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     with tempfile.NamedTemporaryFile(dir=workdir, prefix="health-", suffix=".npz", delete=False) as fh:

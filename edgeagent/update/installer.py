@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeagent.config import Config
+from edgeagent.engine.spec import DelegateSpec
 from edgeagent.errors import CommandError
 from edgeagent.state import labels, reference
+from edgeagent.state.atomic import atomic_write_json
 from edgeagent.state.timefloor import TimeFloor, released, utcnow
 from edgeagent.update import health as health_mod
 from edgeagent.update.errors import UpdateRejected
@@ -35,6 +38,7 @@ from edgeagent.update.source import PayloadSource, TransferReceiver
 from edgeagent.update.staging import Staging
 
 log = logging.getLogger("edgeagent.update")
+IN_PROCESS_MARK = "health-in-process.json"  # state_dir: an in-process health check under way
 
 Emit = Callable[..., Any]
 
@@ -103,6 +107,11 @@ class Installer:
                 have = active.sha256[:12] if active else "nothing"
                 raise UpdateRejected("update.wrong_base",
                                      f"delta base {m.base.sha256[:12]} (v{m.base.version}) is not the active model ({have})")
+        need = (m.requires or {}).get("delegate")
+        spec = DelegateSpec.of(self.cfg.model.delegate)
+        if need and (spec is None or spec.name != need):  # before any byte is downloaded
+            have = f"this device's is {spec.name!r}" if spec is not None else "this device has none configured"
+            raise UpdateRejected("update.accelerator_missing", f"v{m.version} requires the delegate {need!r}; {have}")
         if m.payload.size > ucfg.max_payload_bytes:
             raise UpdateRejected("update.too_large", f"payload {m.payload.size} bytes > max_payload_bytes {ucfg.max_payload_bytes}")
         return m
@@ -182,9 +191,26 @@ class Installer:
             max_latency_ms=(m.health.max_latency_ms if m.health else None),
             golden=(m.health.golden.to_dict() if m.health and m.health.golden else None),
             backend=mc.backend, num_threads=mc.num_threads, input_mean=mc.input_mean, input_std=mc.input_std,
+            delegate=spec.to_dict() if (spec := DelegateSpec.of(mc.delegate)) is not None else None,
         )
-        return health_mod.check(req, frames, timeout_s=self.cfg.update.health_timeout_s,
-                                workdir=self.staging.dir, cancel=self.cancel)
+        if not (req.delegate and req.delegate.get("exclusive")):
+            return health_mod.check(req, frames, timeout_s=self.cfg.update.health_timeout_s,
+                                    workdir=self.staging.dir, cancel=self.cancel)
+        # in the daemon (an exclusive accelerator): a model that crashes the check ends the daemon;
+        # the mark says so at the next start, and the resumed update is refused, not retried forever
+        mark = Path(self.cfg.state_dir) / IN_PROCESS_MARK
+        try:
+            if json.loads(mark.read_text()).get("target") == m.target.sha256:
+                mark.unlink()
+                return health_mod.HealthResult(False, "health.crashed", "the daemon ended during the in-process "
+                                                                        "health check of this model (exclusive accelerator)")
+        except (OSError, ValueError, AttributeError):
+            pass
+        atomic_write_json(mark, {"target": m.target.sha256, "version": m.version})
+        try:
+            return health_mod.check_in_process(req, frames, workdir=self.staging.dir, cancel=self.cancel)
+        finally:
+            mark.unlink(missing_ok=True)
 
     def labels_for(self, m: Manifest, res: health_mod.HealthResult) -> tuple[str, ...] | None:
         """The labels that go beside the new model: the manifest's (which must fit its output 0),

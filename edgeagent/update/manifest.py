@@ -85,6 +85,7 @@ class Manifest:
     signed: dict
     labels: tuple[str, ...] | None = None  # the target model's labels (signed.labels), stored beside it
     monitor: Any = None  # the target's quality reference (signed.monitor, state.reference.Reference)
+    requires: dict | None = None  # {"delegate": NAME}: what the device must have to take it
 
 
 def _bad(msg: str) -> UpdateRejected:
@@ -233,7 +234,7 @@ def _pure(parse: Any, v: Any, path: str) -> Any:
 def parse_signed(s: Any) -> Manifest:
     """Strict schema of `signed` (only called on signature-verified data)."""
     s = _obj(s, "signed", {"_type", "spec_version", "model", "version", "created", "expires", "kind", "target", "payload"},
-             {"base", "health", "io", "labels", "monitor"})
+             {"base", "health", "io", "labels", "monitor", "requires"})
     if s["_type"] != TYPE:
         raise _bad(f"signed._type: expected {TYPE!r}")
     if s["spec_version"] != SPEC_VERSION or isinstance(s["spec_version"], bool):
@@ -286,7 +287,12 @@ def parse_signed(s: Any) -> Manifest:
     io = _io(s["io"], "signed.io") if "io" in s else None
     names = _pure(labels.from_signed, s["labels"], "signed.labels") if "labels" in s else None
     monitor = _pure(reference.parse, s["monitor"], "signed.monitor") if "monitor" in s else None
-    return Manifest(model, version, s["created"], s["expires"], kind, base, target, payload, health, io, s, names, monitor)
+    requires = None
+    if "requires" in s:
+        r = _obj(s["requires"], "signed.requires", set(), {"delegate"})
+        requires = {"delegate": _str(r["delegate"], "signed.requires.delegate", _NAME, "a delegate name")} if r else {}
+    return Manifest(model, version, s["created"], s["expires"], kind, base, target, payload, health, io, s, names,
+                    monitor, requires)
 
 
 def _check_signatures(env: dict, trusted: dict[str, Ed25519PublicKey], threshold: int) -> None:

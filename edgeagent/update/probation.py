@@ -36,6 +36,9 @@ class Limits:
     max_latency_ms: float | None = None
     min_agreement_pct: int | None = None
     stall_s: float = 30.0  # no frame for longer than this: the model hangs
+    # no shadow pairs (an exclusive accelerator): the previous model's invoke p50 in this process,
+    # measured before the switch, against which the new model's own p50 is judged
+    baseline_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,12 @@ def judge(counters: dict, shadow: dict | None, limits: Limits, elapsed_s: float,
                                        f"(limit {limits.max_latency_factor}x)", "probation.too_slow")
     p50 = shadow["new_p50_ms"] if shadow and pairs >= MIN_PAIRS else counters.get("invoke_p50_ms")
     enough = pairs >= MIN_PAIRS or counters["frames"] >= MIN_LATENCY_FRAMES
+    base = limits.baseline_ms
+    if shadow is None and base and p50 is not None and counters["frames"] >= MIN_LATENCY_FRAMES \
+            and p50 > limits.max_latency_factor * base and p50 - base > LATENCY_NOISE_MS:
+        return Verdict("rollback", f"latency regression: invoke p50 {p50:.2f} ms vs {base:.2f} ms for the previous "
+                                   f"model before the switch (limit {limits.max_latency_factor}x; no shadow pairs "
+                                   f"on an exclusive accelerator)", "probation.too_slow")
     if limits.max_latency_ms is not None and p50 is not None and enough and p50 > limits.max_latency_ms:
         return Verdict("rollback", f"invoke p50 {p50:.2f} ms over max_latency_ms {limits.max_latency_ms}",
                        "probation.too_slow")

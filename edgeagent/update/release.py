@@ -60,7 +60,8 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
                  force_full: bool = False, expires_days: int = 365, health: dict | None = None,
                  io: dict | None = None, base_version: int | None = None,
                  progress: Progress | None = None, created: datetime | None = None,
-                 delta_method: str = "auto", labels: Sequence[str] | None = None, monitor: dict | None = None) -> dict:
+                 delta_method: str = "auto", labels: Sequence[str] | None = None, monitor: dict | None = None,
+                 requires_delegate: str | None = None) -> dict:
     """Write the payload and the signed manifest into out_dir; return a summary dict.
     `created` defaults to now; expires is now + expires_days."""
     if not _NAME.match(model):
@@ -111,6 +112,8 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
         signed["io"] = io
     if monitor is not None:
         signed["monitor"] = monitor
+    if requires_delegate:
+        signed["requires"] = {"delegate": requires_delegate}
     if labels is not None:
         signed["labels"] = {"names": list(labels), "sha256": labels_mod.digest(labels)}
     try:

@@ -8,6 +8,7 @@ state.json naming a model that verifies.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -92,7 +93,16 @@ class Trials:
         period = 1.0 / loop.rate_hz if loop is not None and loop.rate_hz else 0.0
         return stall_limit_s(max(period, (expected_ms or 0.0) / 1e3), self.host.watchdog_s)
 
+    @staticmethod
+    def _exclusive(model: Any) -> bool:
+        """Served on an exclusive accelerator (a Coral): interleaving two models there evicts each
+        other's parameters from its cache, so paired timings would measure the eviction."""
+        d = getattr(model, "delegate", None)
+        return bool(d and d.get("exclusive") and d.get("state") == "active")
+
     def _shadow_for(self, previous: Any, limits: Limits) -> Shadow | None:
+        if self._exclusive(previous):
+            return None
         budget = self._ucfg().shadow_budget_pct / 100.0
         if budget <= 0 and not limits.min_agreement_pct:
             return None
@@ -139,6 +149,8 @@ class Trials:
         if shadow is None and previous is not None:  # resumed after a restart
             shadow = self._shadow_for(previous, limits)
             self.host.loop.set_shadow(shadow)
+        if shadow is None and self._exclusive(previous) and (before or {}).get("invoke_p50_ms"):
+            limits = dataclasses.replace(limits, baseline_ms=before["invoke_p50_ms"])
         self._trial = _Trial(slot, previous, limits, shadow, before)
         try:
             self._spawn(self._probation, self._trial, name="probation")

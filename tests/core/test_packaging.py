@@ -37,12 +37,52 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     assert "edgeagent.service" not in r.stderr, r.stderr  # no warnings about our unit
 
 
-def test_security_exposure_is_low(tmp_path):
+DROPINS = sorted(p.stem for p in (REPO / "systemd/edgeagent.service.d").glob("*.conf"))
+
+
+@pytest.mark.parametrize("dropin", [None, *DROPINS])
+def test_security_exposure_is_low(tmp_path, dropin):
+    """The unit alone and with each accelerator's drop-in (issue 21): at most 2.0."""
     unit = _unit_with_real_binary(tmp_path)
+    if dropin:
+        (tmp_path / "edgeagent.service.d").mkdir()
+        shutil.copy(REPO / f"systemd/edgeagent.service.d/{dropin}.conf", tmp_path / "edgeagent.service.d")
     r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True, text=True)
     m = re.search(r"Overall exposure level for edgeagent.service: ([0-9.]+)", r.stdout)
     assert m, r.stdout[-2000:] + r.stderr
     assert float(m.group(1)) <= 2.0
+    if dropin:  # and the drop-in was read: its devices are in the unit's device ACL
+        line = next(ln for ln in r.stdout.splitlines() if "DeviceAllow=" in ln)
+        first = next(ln.split("=", 1)[1].split()[0] for ln in (REPO / f"systemd/edgeagent.service.d/{dropin}.conf")
+                     .read_text().splitlines() if ln.startswith("DeviceAllow="))
+        assert first in line, line
+
+
+def test_systemd_analyze_verify_accepts_each_accelerator_dropin(tmp_path):
+    assert set(DROPINS) >= {"coral-usb", "coral-pcie", "arm-gpu"}
+    unit = _unit_with_real_binary(tmp_path)
+    (tmp_path / "edgeagent.service.d").mkdir()
+    for dropin in DROPINS:
+        for old in (tmp_path / "edgeagent.service.d").iterdir():
+            old.unlink()
+        shutil.copy(REPO / f"systemd/edgeagent.service.d/{dropin}.conf", tmp_path / "edgeagent.service.d")
+        r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        assert r.returncode == 0 and "edgeagent" not in r.stderr, (dropin, r.stderr)
+
+
+@pytest.mark.timeout(300)
+def test_install_sh_accelerator_installs_its_dropin_and_groups(tmp_path, wheel):
+    root = tmp_path / "img"
+    root.mkdir()
+    r = _install(root, wheel, "--accelerator", "coral-usb", "--accelerator", "arm-gpu")
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = root / "etc/systemd/system/edgeagent.service.d"
+    assert sorted(p.name for p in d.iterdir()) == ["arm-gpu.conf", "coral-usb.conf"]
+    groups = {l.split(":")[0]: l.split(":") for l in (root / "etc/group").read_text().splitlines()}
+    for g in ("plugdev", "render", "video"):
+        assert "edgeagent" in groups[g][3].split(","), (g, groups.get(g))
+    bad = _install(tmp_path / "other", wheel, "--accelerator", "hailo")
+    assert bad.returncode == 2 and "--accelerator hailo: unknown (known: arm-gpu coral-pcie coral-usb" in bad.stderr
 
 
 def _fake_root(root: Path) -> None:

@@ -86,3 +86,16 @@ def test_stall_limit_comes_from_the_frame_time_and_the_watchdog():
     assert stall_limit_s(0.4, None) == 8.0  # 20 frame times
     assert stall_limit_s(10.0, None) == 60.0  # capped without a watchdog
     assert stall_limit_s(0.4, 10.0) == 5.0  # acted on before systemd's watchdog fires
+
+
+def test_without_shadow_pairs_an_exclusive_accelerator_is_judged_against_the_before_figure():
+    """Issue 21: no shadow on a Coral; the new model's own p50 against the previous model's, taken
+    in the same process before the switch."""
+    import dataclasses
+
+    ex = dataclasses.replace(L, baseline_ms=2.0)
+    v = judge(c(frames=30, p50=5.0), None, ex, elapsed_s=1.0)
+    assert v.decision == "rollback" and v.code == "probation.too_slow" and "before the switch" in v.reason
+    assert judge(c(frames=30, p50=3.0), None, ex, elapsed_s=11.0).decision == "commit"  # 1.5x: within 2x
+    assert judge(c(frames=5, p50=5.0), None, ex, elapsed_s=1.0).decision == "continue"  # too few frames yet
+    assert judge(c(frames=30, p50=5.0), None, L, elapsed_s=11.0).decision == "commit"  # no baseline: as before
