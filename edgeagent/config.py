@@ -193,6 +193,7 @@ class UpdateConfig:
     # `created` of the last committed update, or this agent's release) is not saved as the time
     # floor: a bad NTP step to 2099 must not make every later update look premature
     clock_max_ahead_days: int = _check(_range(1, 3650), default=365)
+    max_bytes_per_s: int = _check(_min(0), default=0)  # (runtime) download cap for metered links; 0 = none
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ class Config:
 
 
 # Keys `config.set` may change while running; everything else needs a restart.
-RUNTIME_TUNABLE = ("input.rate_hz", "telemetry.interval_s")
+RUNTIME_TUNABLE = ("input.rate_hz", "telemetry.interval_s", "update.max_bytes_per_s")
 
 
 def _type_name(t: Any) -> str:

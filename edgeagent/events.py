@@ -18,17 +18,13 @@ log = logging.getLogger("edgeagent.events")
 Sink = Callable[[dict], None]
 
 
-class EventBus:
-    def __init__(self, history: int = 50) -> None:
+class Sinks:
+    """Subscribers to a stream (events, output summaries): add, remove, and hand each item to all
+    of them; a failing sink is logged and never breaks the producer."""
+
+    def __init__(self) -> None:
         self._sinks: list[Sink] = []
         self._lock = threading.Lock()
-        self._recent: collections.deque[dict] = collections.deque(maxlen=history)
-        self._tag: tuple | None = None  # (version, fields): added to that version's update.* events
-
-    def set_tag(self, version: object, fields: dict | None) -> None:
-        """Tag the update events of one version (a rollout's id on the events of its update), so
-        a subscriber to P/events can tell a rollout's update from a pushed one."""
-        self._tag = (version, dict(fields)) if version is not None and fields else None
 
     def subscribe(self, sink: Sink) -> Callable[[], None]:
         """Add a sink; returns a function that removes it again."""
@@ -42,6 +38,32 @@ class EventBus:
 
         return unsubscribe
 
+    def send(self, item: dict) -> None:
+        with self._lock:
+            sinks = list(self._sinks)
+        for sink in sinks:
+            try:
+                sink(item)
+            except Exception:  # a broken sink must not break the producer
+                log.exception("sink %r failed", sink)
+
+
+class EventBus:
+    def __init__(self, history: int = 50) -> None:
+        self._sinks = Sinks()
+        self._lock = threading.Lock()
+        self._recent: collections.deque[dict] = collections.deque(maxlen=history)
+        self._tag: tuple | None = None  # (version, fields): added to that version's update.* events
+
+    def set_tag(self, version: object, fields: dict | None) -> None:
+        """Tag the update events of one version (a rollout's id on the events of its update), so
+        a subscriber to P/events can tell a rollout's update from a pushed one."""
+        self._tag = (version, dict(fields)) if version is not None and fields else None
+
+    def subscribe(self, sink: Sink) -> Callable[[], None]:
+        """Add a sink; returns a function that removes it again."""
+        return self._sinks.subscribe(sink)
+
     def emit(self, name: str, **fields: object) -> dict:
         tag = self._tag
         if tag is not None and name.startswith("update.") and fields.get("version") == tag[0]:
@@ -52,12 +74,7 @@ class EventBus:
         log.log(level, "event %s %s", name, detail)
         with self._lock:
             self._recent.append(event)
-            sinks = list(self._sinks)
-        for sink in sinks:
-            try:
-                sink(event)
-            except Exception:  # a broken sink must not break the producer
-                log.exception("event sink %r failed", sink)
+        self._sinks.send(event)
         return event
 
     def recent(self, n: int = 10) -> list[dict]:

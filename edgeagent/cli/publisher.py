@@ -25,10 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", type=int, required=True)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--full", action="store_true", help="always ship the full model")
-    p.add_argument("--delta", choices=("auto", "inplace", "bsdiff4"), default="auto",
-                   help="how to build the delta: in place (same size, fast), bsdiff4 (finds moved blocks, "
-                        "slow on big models), auto (in place when the layout is unchanged; both for small "
-                        "models, the smaller kept)")
+    p.add_argument("--delta", choices=("auto", "inplace", "tensor", "bsdiff4"), default="auto",
+                   help="how to build the delta: in place (same size, fast), tensor (buffers matched by tensor "
+                        "name and shape: a re-export or an added layer, fast), bsdiff4 (finds moved blocks, slow "
+                        "on big models), auto (in place when the layout is unchanged, else tensor when it matches "
+                        "most of the target, else bsdiff4; all for small models, the smallest kept)")
     p.add_argument("--expires-days", type=int, default=365)
     p.add_argument("--probation-s", type=int, help="health override: probation seconds")
     p.add_argument("--min-inferences", type=int, help="health override: inferences before commit")
@@ -109,7 +110,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         emit_json(r)
         return 0
     ratio = 100.0 * r["payload_size"] / r["target_size"]
-    how = f" ({r['delta_method']})" if r["delta_method"] else ""
+    how = f" ({r['delta_method']}{': ' + r['delta_why'] if r.get('delta_why') else ''})" if r["delta_method"] else ""
     print(f"{r['kind']}{how} payload {r['payload']} ({human_size(r['payload_size'])}, {ratio:.1f}% of the "
           f"{human_size(r['target_size'])} model)")
     print(f"manifest {r['manifest']} signed by {len(r['keyids'])} key(s)")

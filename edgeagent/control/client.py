@@ -86,30 +86,25 @@ class ControlClient:
             err = msg.get("error") or {}
             raise CommandError(err.get("code", "cmd.failed"), err.get("message", ""))
 
-    def events(self, timeout: float | None = None) -> Iterator[dict]:
-        """Subscribe and yield events as they come (first the recent ones)."""
-        result = self.call("events.subscribe")
+    def _stream(self, op: str, pick: Callable[[dict], dict | None], timeout: float | None) -> Iterator[dict]:
+        result = self.call(op)
         yield from result.get("recent", [])
         while True:
             try:
                 msg = self._readline(timeout)
             except socket.timeout:
                 return
-            if "event" in msg:
-                yield msg
+            item = pick(msg)
+            if item is not None:
+                yield item
 
+    def events(self, timeout: float | None = None) -> Iterator[dict]:
+        """Subscribe and yield events as they come (first the recent ones)."""
+        return self._stream("events.subscribe", lambda m: m if "event" in m else None, timeout)
 
     def outputs(self, timeout: float | None = None) -> Iterator[dict]:
         """Subscribe and yield output summaries as they come (first the latest one)."""
-        result = self.call("outputs.subscribe")
-        yield from result.get("recent", [])
-        while True:
-            try:
-                msg = self._readline(timeout)
-            except socket.timeout:
-                return
-            if "output" in msg:
-                yield msg["output"]
+        return self._stream("outputs.subscribe", lambda m: m.get("output"), timeout)
 
 
 def daemon_running(path: str | os.PathLike) -> bool:

@@ -11,6 +11,7 @@ shape, a model whose tensor arena is huge, and one that goes bad after a number 
 from __future__ import annotations
 
 import argparse
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -111,8 +112,10 @@ class _ModelBuilder:
 
 
 def _fc(g: _Graph, x: int, n_in: int, n_out: int, rng: np.random.Generator, name: str, relu: bool = False,
-        bias_shift: float = 0.0, nan: bool = False) -> int:
+        bias_shift: float = 0.0, nan: bool = False, tune: float = 0.0) -> int:
     w = (rng.standard_normal((n_out, n_in)) / np.sqrt(max(n_in, 1))).astype(np.float32)
+    if tune:  # a fine-tune: every weight nudged (its own generator: the base's weights stay the base's)
+        w += (np.random.default_rng(zlib.crc32(name.encode())).standard_normal(w.shape) * tune).astype(np.float32)
     b = (rng.standard_normal(n_out) * 0.1 + bias_shift).astype(np.float32)
     if nan:
         b[0] = np.nan
@@ -267,6 +270,8 @@ def build_model(
     hang: bool = False,
     hang_after: int = 0,
     spin: int = 0,
+    insert_layer: int = -1,
+    finetune: float = 0.0,
 ) -> bytes:
     """The bytes of a .tflite model; see write_model."""
     shape = tuple(int(d) for d in input_shape)
@@ -284,9 +289,11 @@ def build_model(
         raise ValueError(f"unknown kind {kind!r}")
     if slow:
         # a chain of wide layers: each adds ~2 M multiply-adds
-        h = _fc(g, feat, n, 1024, rng, "slow/in", relu=True)
+        h = _fc(g, feat, n, 1024, rng, "slow/in", relu=True, tune=finetune)
         for i in range(4 * slow):
-            h = _fc(g, h, 1024, 1024, rng, f"slow/{i}", relu=True)
+            if i == insert_layer:  # a re-export with one more layer: every later buffer moves
+                h = _fc(g, h, 1024, 1024, np.random.default_rng(seed + 7919), "slow/inserted", relu=True)
+            h = _fc(g, h, 1024, 1024, rng, f"slow/{i}", relu=True, tune=finetune)
         feat, n = h, 1024
     if huge:
         # FILL a 1 x 2^30 float tensor: a 4 GiB arena for a file of a few hundred bytes
@@ -337,6 +344,8 @@ def write_model(path: str | Path, **kw) -> Path:
     input_dtype: "float32", or "uint8"/"int8" with scale 1/255 (a DEQUANTIZE first);
     nan: NaN outputs for every input; slow=N: 4N extra 1024x1024 layers (N=1 is ~100x slower
     than a small dense model); fail_at_invoke: loads and allocates, raises at invoke;
+    insert_layer=I (with slow): one more 1024x1024 layer before slow layer I, a re-export whose later
+    buffers all move; finetune=E: every slow weight nudged by E x N(0,1);
     huge: needs a 4 GiB arena at allocate_tensors; version_tag: shifts the head's bias by
     tag/1000, so versions differ in a few bytes; nan_after=K: finite for K invokes, NaN after;
     filters: conv output channels; hang: a WHILE loop of 2e9 steps inside invoke (a hung model);

@@ -82,7 +82,8 @@ class Agent:
         self.reporter = Reporter(config=lambda: self.config, collector=self.telemetry, host=self.host,
                                  notifier=self.notifier, transport=lambda: self.transport,
                                  outputs=lambda: self.outputs, metrics=lambda: self.metrics,
-                                 discovery=lambda: self.discovery, quality=lambda: self.quality)
+                                 discovery=lambda: self.discovery, quality=lambda: self.quality,
+                                 update_bytes=lambda: self.updater.bytes_total if self.updater else 0)
 
     # -- what the parts read (telemetry.prometheus.Readings, transport.homeassistant.Source) --
     @property

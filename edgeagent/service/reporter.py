@@ -26,13 +26,14 @@ class Reporter:
     def __init__(self, *, config: Callable[[], Config], collector: TelemetryCollector, host: ServingHost,
                  notifier: Notifier, transport: Callable[[], Any], outputs: Callable[[], Any],
                  metrics: Callable[[], Any], discovery: Callable[[], Any],
-                 quality: Callable[[], Any] = lambda: None) -> None:
+                 quality: Callable[[], Any] = lambda: None, update_bytes: Callable[[], int] = lambda: 0) -> None:
         self._config = config
         self._collector = collector
         self._host = host
         self._notifier = notifier
         self._transport, self._outputs, self._metrics, self._discovery = transport, outputs, metrics, discovery
         self._quality = quality
+        self._update_bytes = update_bytes
         self.last: dict | None = None  # the last telemetry payload
         self._interactive = sys.stderr.isatty()
         self._refresh_at: float | None = None  # a sample soon: the served model changed
@@ -72,6 +73,8 @@ class Reporter:
                 extra["dropped"] = dropped
             if outs is not None and (outs.dropped or tr.backlog_dropped):
                 extra["output_dropped"] = outs.dropped + tr.backlog_dropped
+        if self._update_bytes():
+            extra["update_bytes"] = self._update_bytes()
         q = self._quality()
         if q is not None:
             q.poll()

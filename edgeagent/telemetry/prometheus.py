@@ -168,6 +168,8 @@ class AgentMetrics:
         if isinstance(q, dict) and isinstance(q.get("low_confidence_pct"), (int, float)):
             yield GaugeMetricFamily("edgeagent_quality_low_confidence_ratio", "Share of the last window's frames "
                                     "under the low-confidence line", value=q["low_confidence_pct"] / 100.0)
+        yield CounterMetricFamily("edgeagent_update_bytes", "Payload bytes fetched by updates since the daemon started",
+                                  value=t.get("update_bytes") or 0)
         u = CounterMetricFamily("edgeagent_updates", "Update outcomes since the daemon started", labels=["result"])
         for k, v in updates.items():
             u.add_metric([k], v)

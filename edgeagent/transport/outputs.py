@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgeagent.events import Sinks
 from edgeagent.state import labels
 
 log = logging.getLogger("edgeagent.mqtt")
@@ -69,8 +70,7 @@ class OutputPublisher:
         self._q: queue.Queue = queue.Queue(maxsize=QUEUE_LEN)
         self.dropped = 0  # summaries not sent because the queue was full
         self.latest: dict | None = None  # the last summary, for status and `top`
-        self._sinks: list[Callable[[dict], None]] = []
-        self._lock = threading.Lock()
+        self._sinks = Sinks()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -85,14 +85,7 @@ class OutputPublisher:
 
     def subscribe(self, sink: Callable[[dict], None]) -> Callable[[], None]:
         """`sink(summary)` for every summary from now on (a local follower); returns the unsubscribe."""
-        with self._lock:
-            self._sinks.append(sink)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if sink in self._sinks:
-                    self._sinks.remove(sink)
-        return unsubscribe
+        return self._sinks.subscribe(sink)
 
     def brief(self) -> dict | None:
         """The last summary without its values (for status and `top`)."""
@@ -125,9 +118,6 @@ class OutputPublisher:
                 self.latest = msg
                 if self._publish is not None:
                     self._publish("output", msg)
-                with self._lock:
-                    sinks = list(self._sinks)
-                for sink in sinks:
-                    sink(msg)
+                self._sinks.send(msg)
             except Exception:  # noqa: BLE001 - one bad output must not end the publisher
                 log.exception("output not published")

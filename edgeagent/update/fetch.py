@@ -32,6 +32,7 @@ from typing import Any
 from edgeagent.errors import TransportError
 from edgeagent.state.atomic import fsync_dir, open_regular
 from edgeagent.update.cancel import NEVER, Cancel
+from edgeagent.update.pacing import Pacer
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.staging import PhaseProgress, Progress, no_space
 
@@ -163,7 +164,7 @@ class _LocalFile:
 
 
 def _attempt(url: str, part: Path, expected_size: int, ph: _PartHash, rep: PhaseProgress, *, stall_s: float,
-             deadline: float, cancel: Cancel, chunk: int) -> None:
+             deadline: float, cancel: Cancel, chunk: int, pace: Pacer) -> None:
     """One try: append to the .part file from where it ends."""
     fd = open_regular(part, os.O_RDWR)  # never through a planted symlink
     try:
@@ -193,7 +194,7 @@ def _attempt(url: str, part: Path, expected_size: int, ph: _PartHash, rep: Phase
                     raise TransportError("download.timeout", f"{_redact(url)}: not complete by the download deadline "
                                                              f"({done} of {expected_size} bytes)")
                 try:
-                    b = read(chunk)
+                    b = read(pace.chunk(chunk))
                 except (OSError, http.client.HTTPException, ValueError) as e:
                     cancel.check()
                     if isinstance(e, socket.timeout) or getattr(e, "errno", None) == errno.ETIMEDOUT:
@@ -212,6 +213,7 @@ def _attempt(url: str, part: Path, expected_size: int, ph: _PartHash, rep: Phase
                 ph.update(b)
                 done += n
                 rep(done)
+                pace.take(n, cancel)  # update.max_bytes_per_s: the socket is not read faster than that
         if done < expected_size:
             raise _fail(url, f"short read: connection closed at {done} of {expected_size} bytes")
     finally:
@@ -225,7 +227,7 @@ def _attempt(url: str, part: Path, expected_size: int, ph: _PartHash, rep: Phase
 def fetch_to_staging(url: str, *, dest: Path, expected_size: int, expected_sha256: str, max_bytes: int,
                      progress: Progress | None = None, stall_s: float = 60.0, deadline_s: float = 3600.0,
                      deadline: float | None = None, cancel: Cancel = NEVER, chunk: int = CHUNK,
-                     backoff: float = 0.5, retries: int | None = None) -> Path:
+                     backoff: float = 0.5, retries: int | None = None, pace: Pacer | None = None) -> Path:
     """Download url to dest (a verified payload), resuming from dest's .part file.
 
     Transport failures are retried (backoff doubling from `backoff` s, at most 8 s) until the
@@ -240,13 +242,15 @@ def fetch_to_staging(url: str, *, dest: Path, expected_size: int, expected_sha25
     part = dest.with_suffix(".part")
     rep = PhaseProgress("download", expected_size, progress)
     ph = _PartHash()
+    pace = pace or Pacer(lambda: 0)
     end = deadline if deadline is not None else time.monotonic() + deadline_s
     delay = backoff
     attempt = 0
     while True:
         attempt += 1
         try:
-            _attempt(url, part, expected_size, ph, rep, stall_s=stall_s, deadline=end, cancel=cancel, chunk=chunk)
+            _attempt(url, part, expected_size, ph, rep, stall_s=stall_s, deadline=end, cancel=cancel, chunk=chunk,
+                     pace=pace)
             break
         except UpdateRejected as e:
             if e.code not in ("update.no_space", "update.cancelled"):

@@ -33,6 +33,7 @@ from edgeagent.update.cancel import NEVER, Cancel
 from edgeagent.update.fetch import fetch_to_staging
 from edgeagent.update.keys import load_trusted_keys
 from edgeagent.update.manifest import Manifest, verify_envelope
+from edgeagent.update.pacing import Pacer
 from edgeagent.update.patch import apply_delta, copy_full
 from edgeagent.update.source import PayloadSource, TransferReceiver
 from edgeagent.update.staging import Staging
@@ -72,6 +73,7 @@ class Installer:
         clock: Callable[[], Any] = utcnow,
         cancel: Cancel = NEVER,
         deadline: float | None = None,
+        rate: Callable[[], int] | None = None,
     ) -> None:
         self.cancel = cancel
         self.deadline = deadline  # monotonic; None: update.download_deadline_s from the fetch's start
@@ -83,6 +85,8 @@ class Installer:
         self.emit = emit
         self._progress = progress or (lambda p: None)
         self._receiver = receiver
+        # update.max_bytes_per_s, read on every chunk (config.set applies to a download under way)
+        self.pace = Pacer(rate or (lambda: cfg.update.max_bytes_per_s))
 
     def phase(self, phase: str, percent: float | None = None, **extra: Any) -> None:
         p = {"phase": phase, **({"percent": round(percent, 1)} if percent is not None else {}), **extra}
@@ -145,7 +149,7 @@ class Installer:
             return fetch_to_staging(src.url, dest=dest, expected_size=m.payload.size,
                                     expected_sha256=m.payload.sha256, max_bytes=u.max_payload_bytes,
                                     progress=prog, stall_s=u.download_stall_s, deadline_s=u.download_deadline_s,
-                                    deadline=self.deadline, cancel=self.cancel)
+                                    deadline=self.deadline, cancel=self.cancel, pace=self.pace)
         if src.b64 is not None:
             if len(src.b64) > 4 * (m.payload.size // 3 + 1) + 4096:  # don't decode far more than announced
                 raise UpdateRejected("update.payload_size", f"payload_b64: {len(src.b64)} characters for "
@@ -162,7 +166,7 @@ class Installer:
                                       stall_s=u.download_stall_s, cancel=self.cancel,
                                       deadline=self.deadline if self.deadline is not None
                                       else time.monotonic() + u.download_deadline_s,
-                                      emit=self.emit, progress=self._progress)
+                                      emit=self.emit, progress=self._progress, pace=self.pace)
 
     # -- steps 4-5: write and verify, health --------------------------------------------------
     def write(self, m: Manifest, plan: Plan, payload: Path) -> tuple[str, Path]:
@@ -239,7 +243,7 @@ class Installer:
         self.cancel.check()
         payload = self.fetch(m, src)
         self.cancel.check()
-        self.emit("update.verified", version=m.version, sha256=m.payload.sha256)
+        self.emit("update.verified", version=m.version, sha256=m.payload.sha256, bytes_fetched=self.pace.bytes)
         slot, target = self.write(m, plan, payload)
         self.emit("update.applied", version=m.version, slot=slot, sha256=m.target.sha256)
         self.cancel.check()

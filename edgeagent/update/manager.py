@@ -60,6 +60,7 @@ class UpdateManager:
         self._done = threading.Event()
         self._done.set()
         self._waiters_lock = threading.Lock()
+        self.bytes_total = 0  # payload bytes fetched by updates since start (telemetry update_bytes)
 
     @property
     def cfg(self) -> Config:
@@ -210,11 +211,13 @@ class UpdateManager:
         version = signed.get("version")
         staging = Staging(self.cfg.state_dir)
         keep: set[str] = set()
+        inst: Installer | None = None
         try:
             if self.trials.on_trial:
                 raise UpdateRejected("update.busy", "a model is on trial; commit or roll back first")
             inst = Installer(self.cfg, self.store, emit=self.events.emit, progress=self._set_progress,
-                             receiver=self.receiver, cancel=cancel, deadline=deadline)
+                             receiver=self.receiver, cancel=cancel, deadline=deadline,
+                             rate=lambda: self._config().update.max_bytes_per_s)
             frames = self.host.loop.recent_frames()
             m = inst.check(manifest)  # verified first, and only here
             version = m.version
@@ -237,7 +240,8 @@ class UpdateManager:
             if resumable and self._stop.is_set():
                 log.info("update to v%s paused by the stop; the next start resumes it and answers the request", version)
                 return
-            self.events.emit("update.rejected", version=version, code=e.code, reason=e.message)
+            self.events.emit("update.rejected", version=version, code=e.code, reason=e.message,
+                             **({"bytes_fetched": inst.pace.bytes} if inst is not None and inst.pace.bytes else {}))
             self._answer(err=e)
         except OSError as e:  # the state or staging filesystem refused a write (full, read-only)
             log.error("update to v%s: %s", version, e)
@@ -256,6 +260,8 @@ class UpdateManager:
             self._answer(err=err)
         finally:
             self._progress = None
+            if inst is not None:
+                self.bytes_total += inst.pace.bytes  # every byte an update fetched, taken or not
             self._current = None
             self._cancel = None
             self.receiver.expect(None)

@@ -72,7 +72,7 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
     target, out_dir = Path(target), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tsha, tsize = _sha256(target, progress, "hash")
-    kind, fmt, method = "full", "raw", None
+    kind, fmt, method, why = "full", "raw", None, ""
     signed_base = None
     work = out_dir / f".{model}-{version}.payload.tmp-{os.getpid()}"
     delta_path = None
@@ -85,7 +85,7 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
                 raise EdgeAgentError("release.bad_args", str(e)) from None
             delta_path = d.path
             if d.size < tsize:
-                kind, fmt, method = "delta", "bsdiff4", d.method
+                kind, fmt, method, why = "delta", "bsdiff4", d.method, d.why
                 signed_base = {"version": base_version if base_version is not None else version - 1, "sha256": bsha}
                 if signed_base["version"] < 1:
                     raise EdgeAgentError("release.bad_args", "--base-version must be >= 1")
@@ -125,5 +125,6 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
     if progress:
         progress("write", 100.0)
     return {"manifest": str(manifest_path), "payload": str(payload_path), "kind": kind, "delta_method": method,
+            "delta_why": why,
             "payload_size": psize, "target_size": tsize, "target_sha256": tsha, "version": version,
             "keyids": [s["keyid"] for s in __import__("json").loads(manifest_path.read_text())["signatures"]]}

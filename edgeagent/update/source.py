@@ -20,6 +20,7 @@ from edgeagent.update import transfer as transfer_mod
 from edgeagent.update.cancel import Cancel
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.staging import Staging
+from edgeagent.update.pacing import Pacer
 from edgeagent.update.transfer import Announce
 
 log = logging.getLogger("edgeagent.update")
@@ -89,7 +90,8 @@ class TransferReceiver:
         self._inbox.activate(transfer_id)
 
     def receive(self, ann: Announce, m: Any, *, staging: Staging, max_chunk: int, stall_s: float, cancel: Cancel,
-                deadline: float, emit: Callable[..., Any], progress: Callable[[dict], None]) -> Path:
+                deadline: float, emit: Callable[..., Any], progress: Callable[[dict], None],
+                pace: Pacer | None = None) -> Path:
         ann.check(m.payload.size, max_chunk)
         dest = staging.payload_path(m.payload.sha256)
         tr = transfer_mod.begin(staging.dir, ann, m.payload.size, m.payload.sha256)
@@ -107,6 +109,8 @@ class TransferReceiver:
                 now = time.monotonic()
                 if item is not None and tr.add(*item):
                     last_progress = now
+                    if pace is not None:
+                        pace.count(len(item[1]))
                     p = tr.progress()
                     if p["percent"] - last_pct >= 1.0 or tr.complete:
                         last_pct = p["percent"]
@@ -119,7 +123,10 @@ class TransferReceiver:
                     bad_seen = tr.bad
                 if not tr.complete and now - max(last_progress, last_request) >= TRANSFER_REREQUEST_S:
                     last_request = now
-                    emit("update.transfer", id=ann.id, missing=tr.missing(512), missing_count=tr.missing_count,
+                    # with update.max_bytes_per_s, ask again for no more than the cap allows until the next ask
+                    ask = 512 if pace is None or not pace.rate else \
+                        max(1, min(512, int(pace.rate * TRANSFER_REREQUEST_S) // ann.chunk_size))
+                    emit("update.transfer", id=ann.id, missing=tr.missing(ask), missing_count=tr.missing_count,
                          chunks=ann.chunks, bad_chunks=tr.bad)
                 if now - last_progress > stall_s:
                     raise TransportError("download.failed", f"transfer {ann.id}: no chunk for {stall_s:.0f} s")

@@ -153,3 +153,30 @@ def test_top_shows_the_quality_line():
     line = next(ln for ln in view.lines() if ln.startswith("quality"))
     assert line == ("quality (signed) PSI class 0.412  confidence 0.050  input 0.020  low confidence 12.5%  "
                     "DRIFT: class")
+
+
+def test_a_reference_from_a_csv_recording_or_an_npz_matches_what_the_device_sees(tmp_path):
+    """`release --reference` takes the same data a device sees: a CSV recording is windowed like
+    the sensor source, an .npz's `inputs` (a golden set's) fed as they are."""
+    from edgeagent.inputs.dataset import frames
+    from edgeagent.runtime.quality import reference_from
+
+    model_file = testmodels.write_model(tmp_path / "m.tflite", kind="dense", input_shape=(1, 16), outputs=4, seed=1)
+    model = Model.load(str(model_file), num_threads=1)
+    rec = recording(tmp_path / "imu.csv", [(500, 0.0)], seed=2)
+    ref = reference_from(model, frames(rec, model.inputs[0]), window=100)
+    assert ref.frames == 500 and len(ref.inputs) == 4 and sum(ref.classes) == 500 and ref.window == 100
+    np.savez(tmp_path / "golden.npz", inputs=np.random.default_rng(1).normal(size=(64, 1, 16)).astype(np.float32))
+    ref2 = reference_from(model, frames(tmp_path / "golden.npz", model.inputs[0]))
+    assert ref2.frames == 64 and sum(ref2.confidence.counts) == 64
+    # and replayed through the monitor, the recording it was built from is no drift
+    mon = QualityMonitor(window=100)
+    model.reference = ref
+    for f in frames(rec, model.inputs[0]):
+        model.preprocess(f)
+        model.invoke()
+        mon.on_frame(model, f, model.outputs_view())
+    mon.poll()
+    q = mon.figures()
+    assert q["reference"] == "signed" and max(q["psi_class"], q["psi_input"]) < 0.25, q
+    model.close()

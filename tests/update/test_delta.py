@@ -148,3 +148,39 @@ def test_json_errors_go_to_stdout_too(tmp_path):
         assert out["ok"] is False and out["error"]["code"] == "state.no_model", (op, out)
         assert r.stderr.startswith("edgeagent: state.no_model: ")
     assert json.loads(cli("-c", str(cfg), "slots", "--json").stdout)["slots"][0]["status"] == "empty"
+
+
+@pytest.mark.parametrize("finetune", [0.0, 1e-3])
+def test_a_shifted_layout_gets_a_tensor_aligned_delta_both_patchers_apply(tmp_path, finetune):
+    """Issue 23: a re-export with one more layer moves every later buffer; the delta matches the
+    tensors by name and shape instead of suffix-sorting the base (bsdiff4.diff)."""
+    from edgeagent.engine import testmodels
+
+    v1 = testmodels.write_model(tmp_path / "old", kind="dense", input_shape=(1, 16), outputs=4, seed=1, slow=1)
+    v2 = testmodels.write_model(tmp_path / "new", kind="dense", input_shape=(1, 16), outputs=4, seed=1, slow=1,
+                                insert_layer=2, finetune=finetune)
+    old, new = v1.read_bytes(), v2.read_bytes()
+    assert len(new) > len(old) > delta_mod.CHEAP_BYTES
+    d = build_delta(v1, v2, tmp_path / "d")
+    assert d.method == "tensor" and "tensors matched" in d.why and "the sizes differ" in d.why, d
+    (tmp_path / "d").rename(tmp_path / "patch")
+    _apply_both(tmp_path, old, (tmp_path / "patch").read_bytes(), new)
+    if not finetune:  # the patch is about the inserted layer (4 MiB of new weights), not the model
+        assert d.size < 0.3 * len(new), d.size
+    # a model whose tensors have nothing in common with the base: bsdiff4, and why
+    other = testmodels.write_model(tmp_path / "other", kind="conv", input_shape=(1, 64, 64, 3), outputs=8, seed=9)
+    d2 = build_delta(v1, other, tmp_path / "d2")
+    assert d2.method == "bsdiff4"
+
+
+def test_release_delta_tensor_is_forced_and_says_why(tmp_path):
+    from edgeagent.engine import testmodels
+
+    assert cli("keygen", "--out", str(tmp_path / "k")).returncode == 0
+    testmodels.write_model(tmp_path / "v1", kind="dense", input_shape=(1, 16), outputs=4, seed=1, slow=1)
+    testmodels.write_model(tmp_path / "v2", kind="dense", input_shape=(1, 16), outputs=4, seed=1, slow=1,
+                           insert_layer=0)
+    r = cli("release", "--key", str(tmp_path / "k/edgeagent.key"), "--base", str(tmp_path / "v1"), "--model", "m",
+            "--out", str(tmp_path / "out"), "--target", str(tmp_path / "v2"), "--version", "2", "--delta", "tensor")
+    assert r.returncode == 0, r.stderr
+    assert "delta (tensor: " in r.stdout and "tensors matched" in r.stdout, r.stdout

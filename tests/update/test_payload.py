@@ -276,3 +276,24 @@ def test_release_and_verify_cli(tmp_path):
     wrong_base = cli("verify", small["manifest"], "--payload", small["payload"], "--base", str(tmp_path / "v3"),
                      "--pubkey", str(tmp_path / "k/edgeagent.pub"))
     assert wrong_base.returncode == 1 and "update.wrong_base" in wrong_base.stderr
+
+
+def test_a_capped_download_keeps_to_the_cap(server, tmp_path):
+    """update.max_bytes_per_s (issue 23): the socket is not read faster than the cap; the rate is read
+    on every chunk, so a config.set applies to a download under way."""
+    import time
+
+    from edgeagent.update.pacing import Pacer
+
+    rate = {"v": 100_000}
+    pace = Pacer(lambda: rate["v"])
+    t0 = time.monotonic()
+    fetch(server, tmp_path / "p.bin", pace=pace)
+    took = time.monotonic() - t0
+    measured = len(DATA) / took
+    assert abs(measured - 100_000) / 100_000 < 0.10, (measured, took)
+    assert pace.bytes == len(DATA)
+    rate["v"] = 0  # no cap: as fast as the link goes
+    t0 = time.monotonic()
+    fetch(server, tmp_path / "q.bin", pace=pace)
+    assert time.monotonic() - t0 < 0.5 and pace.bytes == 2 * len(DATA)
