@@ -104,6 +104,22 @@ def test_a_crash_in_the_in_process_check_rolls_the_update_back_at_the_next_start
                       model={"delegate": {**delegate_cfg(test_delegate, rec, single_open=str(lock)), "exclusive": True}},
                       update={**trusted(tmp_path, "k1"), "probation_s": 1.0})
     d = Daemon(tmp_path, cfg).start()
+    try:
+        _crash_during_the_check(tmp_path, d, rec, model_path)
+    finally:
+        d.kill()  # killed above; or the check was never reached: never leave the daemon behind
+    d2 = Daemon(tmp_path, cfg, name="again").start()
+    try:
+        b = wait_until(lambda: (lambda s: s if s["status"] == "bad" and "health" in (s["reason"] or "") else None)(
+            slots(d2)["b"]), timeout=30)
+        assert "health.crashed" in b["reason"] and "in-process" in b["reason"], b
+        assert d2.call("status")["model"]["version"] == 1
+        assert not (tmp_path / "state/health-in-process.json").exists()
+    finally:
+        d2.stop()
+
+
+def _crash_during_the_check(tmp_path, d, rec, model_path):
     slow = testmodels.write_model(tmp_path / "v2.tflite", kind="dense", input_shape=(1, 16), outputs=4, seed=1,
                                   version_tag=2, spin=2_000_000)  # 0.3 s an invoke: a check of seconds
     rel = release(tmp_path, tmp_path, slow, 2, base=model_path)
@@ -120,15 +136,6 @@ def test_a_crash_in_the_in_process_check_rolls_the_update_back_at_the_next_start
     finally:
         inst.kill()
         inst.wait()
-    d2 = Daemon(tmp_path, cfg, name="again").start()
-    try:
-        b = wait_until(lambda: (lambda s: s if s["status"] == "bad" and "health" in (s["reason"] or "") else None)(
-            slots(d2)["b"]), timeout=30)
-        assert "health.crashed" in b["reason"] and "in-process" in b["reason"], b
-        assert d2.call("status")["model"]["version"] == 1
-        assert not (tmp_path / "state/health-in-process.json").exists()
-    finally:
-        d2.stop()
 
 
 def test_fallback_cpu_serves_without_the_delegate_and_says_so_fallback_fail_stops(tmp_path, start_daemon, model_path,
@@ -145,8 +152,11 @@ def test_fallback_cpu_serves_without_the_delegate_and_says_so_fallback_fail_stop
     (tmp_path / "x").mkdir()
     f = Daemon(tmp_path / "x", cfg, name="fail")
     f.start(wait_ready=False)
-    assert f.proc.wait(60) == 2
-    assert "model.delegate_failed" in f.log() and "told to fail" in f.log()
+    try:
+        assert f.proc.wait(60) == 2
+        assert "model.delegate_failed" in f.log() and "told to fail" in f.log()
+    finally:
+        f.kill()
     assert not (tmp_path / "x/state/state.json").exists()
 
 
