@@ -82,17 +82,14 @@ def tally(doc: RolloutDoc, group_devices: list[str], results: dict[str, DeviceRe
     for d in members:
         r = results.get(d)
         r = r if r is not None and r.answers(doc) else None
-        if r is not None and r.result == "committed" and max_psi is not None:
-            psi = (r.quality or {}).get("psi_class")
-            if psi is not None and psi > max_psi:  # it committed healthy but predicts a different world
-                out["drifted"].append(d)
-                codes[d] = "quality.drift"
-            elif psi is not None:
-                out["committed"].append(d)
-            else:  # its first window after the commit is still to come
-                out["overdue" if late and d not in doc.timed_out else
-                    ("timed_out" if d in doc.timed_out else "in_progress")].append(d)
-        elif r is not None and r.result in FINAL:
+        psi = (r.quality or {}).get("psi_class") if r is not None else None
+        # with --max-drift-psi a commit is final only with its first window's class PSI
+        final = r is not None and r.result in FINAL and not (r.result == "committed" and max_psi is not None
+                                                             and psi is None)
+        if final and r.result == "committed" and max_psi is not None and psi > max_psi:
+            out["drifted"].append(d)  # it committed healthy but predicts a different world
+            codes[d] = "quality.drift"
+        elif final:
             out[r.result].append(d)
             if r.result != "committed":
                 codes[d] = r.code or (r.reason or "").split(":", 1)[0].split(" ", 1)[0] or r.result

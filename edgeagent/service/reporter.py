@@ -75,9 +75,8 @@ class Reporter:
                 extra["output_dropped"] = outs.dropped + tr.backlog_dropped
         if self._update_bytes():
             extra["update_bytes"] = self._update_bytes()
-        q = self._quality()
+        q = self._quality()  # its windows were judged on this tick (_run), before the sample
         if q is not None:
-            q.poll()
             figures = q.figures()
             if figures:
                 extra["quality"] = figures

@@ -40,13 +40,6 @@ class Histogram:
     edges_e6: tuple[int, ...]  # ascending bin edges in millionths; len(counts) == len(edges) + 1
     counts: tuple[int, ...]
 
-    def bin_of(self, value: float) -> int:
-        return bisect.bisect_right(self.edges, value)
-
-    @property
-    def edges(self) -> list[float]:
-        return [e / 1e6 for e in self.edges_e6]
-
     def to_json(self) -> dict:
         return {"edges_e6": list(self.edges_e6), "counts": list(self.counts)}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from edgeagent.state.atomic import atomic_write
 
 _ID = re.compile(r"\A\d{13}-\d{1,9}\Z")
-KINDS = {"png": "image/png", "csv": "text/csv", "npy": "application/x-npy"}
+KINDS = ("png", "csv", "npy")
 
 
 class SampleError(ValueError):

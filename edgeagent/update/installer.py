@@ -197,9 +197,10 @@ class Installer:
             backend=mc.backend, num_threads=mc.num_threads, input_mean=mc.input_mean, input_std=mc.input_std,
             delegate=spec.to_dict() if (spec := DelegateSpec.of(mc.delegate)) is not None else None,
         )
+        run = lambda: health_mod.check(req, frames, timeout_s=self.cfg.update.health_timeout_s,  # noqa: E731
+                                       workdir=self.staging.dir, cancel=self.cancel)  # (in process when exclusive)
         if not (req.delegate and req.delegate.get("exclusive")):
-            return health_mod.check(req, frames, timeout_s=self.cfg.update.health_timeout_s,
-                                    workdir=self.staging.dir, cancel=self.cancel)
+            return run()
         # in the daemon (an exclusive accelerator): a model that crashes the check ends the daemon;
         # the mark says so at the next start, and the resumed update is refused, not retried forever
         mark = Path(self.cfg.state_dir) / IN_PROCESS_MARK
@@ -212,7 +213,7 @@ class Installer:
             pass
         atomic_write_json(mark, {"target": m.target.sha256, "version": m.version})
         try:
-            return health_mod.check_in_process(req, frames, workdir=self.staging.dir, cancel=self.cancel)
+            return run()
         finally:
             mark.unlink(missing_ok=True)
 

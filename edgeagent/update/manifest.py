@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from edgeagent.state import labels, reference
 from edgeagent.update import golden
-from edgeagent.update.golden import MAX_GOLDEN_BYTES, Golden  # noqa: F401 - re-exported
+from edgeagent.update.golden import Golden
 from edgeagent.update.canonical import canonical_bytes
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.keys import keyid
