@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeagent.state.schedule import check_windows
 from edgeagent.configcheck import Check, _check, _listen, _min, _one_of, _range, _rate  # noqa: F401
 from edgeagent.errors import ConfigError
 
@@ -194,6 +195,9 @@ class UpdateConfig:
     # floor: a bad NTP step to 2099 must not make every later update look premature
     clock_max_ahead_days: int = _check(_range(1, 3650), default=365)
     max_bytes_per_s: int = _check(_min(0), default=0)  # (runtime) download cap for metered links; 0 = none
+    identity: str = ""  # the device's age identity (keygen --device): decrypts encrypted payloads
+    # (runtime) local-time windows a verified update may switch in ("02:00-04:00"); empty = at once
+    switch_window: list[str] = _check(check_windows, default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -251,7 +255,7 @@ class Config:
 
 
 # Keys `config.set` may change while running; everything else needs a restart.
-RUNTIME_TUNABLE = ("input.rate_hz", "telemetry.interval_s", "update.max_bytes_per_s")
+RUNTIME_TUNABLE = ("input.rate_hz", "telemetry.interval_s", "update.max_bytes_per_s", "update.switch_window")
 
 
 def _type_name(t: Any) -> str:

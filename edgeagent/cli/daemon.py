@@ -46,7 +46,9 @@ def offline_status(cfg) -> dict:
     if st is not None and st.slots.get(st.active):
         info = st.slots[st.active]
         model = {"name": info.model, "version": info.version, "slot": st.active, "sha256": info.sha256}
-    return {"daemon": "stopped", "model": model, "trial": st.trial if st else None, "update": None}
+    staged = st.staged if st else None
+    return {"daemon": "stopped", "model": model, "trial": st.trial if st else None, "update": None,
+            "staged": {k: staged.get(k) for k in ("version", "slot", "switch_at", "not_before")} if staged else None}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -59,7 +61,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     except DaemonNotRunning:
         st = offline_status(cfg)
     if args.json:
-        emit_json({k: st.get(k) for k in ("daemon", "model", "trial", "update", "telemetry", "output") if k in st})
+        emit_json({k: st.get(k) for k in ("daemon", "model", "trial", "staged", "update", "telemetry", "output")
+                   if k in st})
         return 0
     print(render_status(st))
     return 0
@@ -78,6 +81,10 @@ def render_status(st: dict) -> str:
         lines.append("model:   none installed")
     trial = st.get("trial")
     lines.append("trial:   " + (f"slot {trial.get('slot')} on probation (from {trial.get('from')}, attempts {trial.get('attempts')})" if trial else "none"))
+    staged = st.get("staged")
+    if staged:
+        lines.append(f"staged:  v{staged.get('version')} in slot {staged.get('slot')}, switches at "
+                     f"{staged.get('switch_at')} (or now: edgeagent switch)")
     up = st.get("update")
     lines.append("update:  " + (f"{up.get('phase')} {up.get('percent', '')}%" if up else "none"))
     if st.get("telemetry"):

@@ -6,14 +6,20 @@ import argparse
 import hashlib
 import sys
 from pathlib import Path
+from typing import Any
 
 from edgeagent.cli.common import add_json, emit_json, human_size
 from edgeagent.errors import EdgeAgentError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("keygen", help="make an Ed25519 signing key pair")
-    p.add_argument("--out", required=True, help="directory for edgeagent.key and edgeagent.pub")
+    p = sub.add_parser("keygen", help="make an Ed25519 signing key pair, or (--device) a device's age identity")
+    p.add_argument("--out", required=True, help="directory for edgeagent.key and edgeagent.pub; with --device, "
+                                                "the identity file to write (e.g. /etc/edgeagent/identity.age)")
+    p.add_argument("--device", action="store_true",
+                   help="write the device's age identity (mode 0400) for encrypted payloads and print its "
+                        "public key, the line for a publisher's --encrypt-to file")
+    p.add_argument("--owner", help="with --device: the user that owns the identity (the service's, edgeagent)")
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("release", help="build and sign an update bundle (delta when smaller)")
@@ -51,6 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--requires-delegate", metavar="NAME",
                    help="only devices whose [model.delegate] is NAME (e.g. edgetpu) take it; others refuse it before "
                         "downloading (update.accelerator_missing)")
+    p.add_argument("--not-before", metavar="TIME",
+                   help="devices download and check it at once but switch only after TIME (RFC 3339, e.g. "
+                        "2026-12-24T02:00:00Z), and inside their update.switch_window")
+    p.add_argument("--encrypt-to", metavar="RECIPIENTS",
+                   help="encrypt the payload (age) to the public keys in this file, one age1... per line (devices' "
+                        "keygen --device, or one fleet key); others refuse it before downloading")
     p.add_argument("--new-io", action="store_true",
                    help="announce the target's inputs and outputs (signed.io): needed when they differ from the "
                         "model it replaces, e.g. another number of classes")
@@ -64,11 +76,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=int, default=1)
     p.add_argument("--model", help="expected model name (default: the manifest's)")
     p.add_argument("--base", help="for a delta: the base model, to check the patch result too")
+    p.add_argument("--identity", help="an age identity that decrypts an encrypted payload (to check the target)")
     add_json(p)
     p.set_defaults(func=cmd_verify)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    if args.device:
+        from edgeagent.update.encryption import generate_identity
+
+        try:
+            recipient = generate_identity(args.out, owner=args.owner)
+        except FileExistsError:
+            raise EdgeAgentError("cmd.bad_args", f"{args.out}: exists; a device keeps its identity (remove it "
+                                                 "first to replace it)") from None
+        except (OSError, KeyError) as e:
+            raise EdgeAgentError("cmd.bad_args", f"{args.out}: {getattr(e, 'strerror', None) or e}") from None
+        print(f"wrote {args.out} (mode 0400, keep it on the device)", file=sys.stderr)
+        print(recipient)
+        return 0
     from edgeagent.update.keys import generate_keypair
 
     kid = generate_keypair(args.out)
@@ -102,7 +128,8 @@ def cmd_release(args: argparse.Namespace) -> int:
                          model=args.model, version=args.version, out_dir=Path(args.out), force_full=args.full,
                          expires_days=args.expires_days, health=health or None, base_version=args.base_version,
                          progress=progress, delta_method=args.delta, labels=names, io=io, monitor=monitor,
-                         requires_delegate=args.requires_delegate)
+                         requires_delegate=args.requires_delegate, encrypt_to=_recipients(args),
+                         not_before=_not_before(args.not_before))
     finally:
         if progress:
             bar.stop()
@@ -113,8 +140,35 @@ def cmd_release(args: argparse.Namespace) -> int:
     how = f" ({r['delta_method']}{': ' + r['delta_why'] if r.get('delta_why') else ''})" if r["delta_method"] else ""
     print(f"{r['kind']}{how} payload {r['payload']} ({human_size(r['payload_size'])}, {ratio:.1f}% of the "
           f"{human_size(r['target_size'])} model)")
-    print(f"manifest {r['manifest']} signed by {len(r['keyids'])} key(s)")
+    print(f"manifest {r['manifest']} signed by {len(r['keyids'])} key(s)"
+          + (f", payload encrypted to {r['encrypted_to']} recipient(s)" if r["encrypted_to"] else ""))
     return 0
+
+
+def _not_before(text: str | None) -> Any:
+    if not text:
+        return None
+    from datetime import datetime, timezone
+
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise EdgeAgentError("release.bad_args", f"--not-before {text!r}: expected RFC 3339, e.g. "
+                                                 "2026-12-24T02:00:00Z") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _recipients(args: argparse.Namespace) -> list[str] | None:
+    if not args.encrypt_to:
+        return None
+    from edgeagent.update.encryption import load_recipients
+
+    try:
+        return load_recipients(args.encrypt_to)
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgeAgentError("release.bad_args", f"--encrypt-to {args.encrypt_to}: {getattr(e, 'strerror', e)}") from None
+    except ValueError as e:
+        raise EdgeAgentError("release.bad_args", f"--encrypt-to {e}") from None
 
 
 def _labels_and_io(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, dict | None]:
@@ -210,6 +264,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 raise EdgeAgentError("cmd.bad_args", f"{args.base}: {e.strerror}") from None
             if bsha != m.base.sha256:
                 raise UpdateRejected("update.wrong_base", f"{args.base}: not the delta's base")
+            identity = None
+            if m.payload.encryption is not None:
+                if not args.identity:
+                    raise EdgeAgentError("cmd.bad_args", "the payload is encrypted: give --identity to check the "
+                                                         "patch result, or leave out --base")
+                from edgeagent.update.encryption import Identity
+
+                identity = Identity.load(args.identity)
             h = hashlib.sha256()
 
             class _Sink:  # the result is hashed, not kept: memory stays flat for any model size
@@ -217,7 +279,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     return len(b)
 
             try:
-                size = stream_patch(Path(args.base), Path(args.payload), _Sink(), h)
+                if identity is None:
+                    size = stream_patch(Path(args.base), Path(args.payload), _Sink(), h)
+                else:
+                    from edgeagent.update.encryption import open_plain
+
+                    size = stream_patch(Path(args.base), Path(args.payload), _Sink(), h,
+                                        open_at=open_plain(Path(args.payload), identity),
+                                        size=m.payload.encryption.size)
+            except UpdateRejected:
+                raise
             except (ValueError, OSError, EOFError) as e:
                 raise UpdateRejected("update.bad_patch", f"the bsdiff4 patch does not apply: {e}") from None
             if h.hexdigest() != m.target.sha256 or size != m.target.size:

@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json(p)
     p.set_defaults(func=cmd_commit)
 
+    p = sub.add_parser("switch", help="switch to the staged update now, whatever the switch window")
+    add_json(p)
+    p.set_defaults(func=cmd_switch)
+
     p = sub.add_parser("reset", help="clear the slots and trial state (daemon stopped); the next start seeds "
                                      "model.initial; keeps the anti-rollback versions")
     p.add_argument("--yes", action="store_true", help="do not ask")
@@ -87,6 +91,11 @@ def render_slots(table: dict) -> str:
     for s in table["slots"]:
         if s.get("reason") and s["status"] == "bad":
             lines.append(f"slot {s['slot']} is bad: {s['reason']}")
+    staged = table.get("staged")
+    if staged:
+        lines.append(f"slot {staged['slot']} is staged: v{staged.get('version')} switches at {staged.get('switch_at')}"
+                     + (f" (not before {staged['not_before']})" if staged.get("not_before") else "")
+                     + "; `edgeagent switch` switches it now")
     return "\n".join(lines)
 
 
@@ -162,6 +171,29 @@ def cmd_commit(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     r, mode = _live_or_offline(cfg, "commit", {}, lambda: _offline_commit(cfg))
     return _print_result(args, r, mode, f"committed ({mode}): slot {r['slot']} v{r['version']} is good")
+
+
+def _offline_switch(cfg: Any) -> dict:
+    """The staged slot begins its trial at the next start (the daemon measures `before` then)."""
+    from edgeagent.state import rules
+    from edgeagent.state.rules import TrialTerms
+
+    store = _store(cfg)
+    st = store.state()
+    rec = st.staged if st else None
+    if rec is None:
+        raise EdgeAgentError("state.nothing_staged", "no update is staged")
+    if not store.verify_slot(rec["slot"]):
+        raise EdgeAgentError("state.slot_damaged", f"slot {rec['slot']} no longer holds the staged v{rec['version']}")
+    st = store.transition(lambda s: rules.begin_trial(s, rec["slot"], TrialTerms(**{**rec["terms"], "before": None})))
+    return {"version": rec["version"], "slot": rec["slot"], "state": "trial", "probation_s": st.trial["probation_s"]}
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    r, mode = _live_or_offline(cfg, "switch", {}, lambda: _offline_switch(cfg))
+    return _print_result(args, r, mode, f"switched ({mode}): v{r['version']} in slot {r['slot']} is on trial "
+                                        f"({r.get('probation_s')} s probation)")
 
 
 # -- reset ------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ KEEP_DONE = 50  # finished rollouts remembered (so a retained document is not ta
 # a slot marked bad for these reasons was never judged: an install under way, or one the update
 # had written and not switched to yet when the daemon stopped
 NOT_FAILURES = ("installing", "installed, not switched to yet")
-_VERDICTS = {"update.trial": "trial", "update.committed": "committed", "update.rolled_back": "rolled_back",
+_VERDICTS = {"update.staged": "staged", "update.trial": "trial", "update.committed": "committed", "update.rolled_back": "rolled_back",
              "update.rejected": "refused"}
 
 
@@ -116,6 +116,8 @@ class RolloutFollower:
         elif st is not None and slots.get(st.active) and slots[st.active].version == v \
                 and slots[st.active].status == "good":
             self._set_result("committed")
+        elif st is not None and st.staged and st.staged.get("version") == v:
+            self._set_result("staged")  # its switch window will switch it
         elif is_pending(self._state_dir):
             pass  # the updater resumes it (an install not switched to yet included); its events finish the story
         elif (bad := next((s for s in slots.values() if s.version == v and s.status == "bad"

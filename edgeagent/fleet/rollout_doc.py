@@ -28,7 +28,7 @@ STATES = ("running", "paused", "halted", "aborted", "complete")
 # offline throughout still takes it when it comes back
 TAKING = ("running", "complete")
 # a device's results: the first two are on the way, the rest final
-RESULTS = ("started", "trial", "committed", "refused", "rolled_back")
+RESULTS = ("started", "staged", "trial", "committed", "refused", "rolled_back")  # staged: in its switch window
 FINAL = ("committed", "refused", "rolled_back")
 MAX_DOC_BYTES = 1 << 20
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -46,6 +46,7 @@ class Device:
             "agent": self.status.get("agent"),
             "model": model.get("name"), "version": model.get("version"), "slot": model.get("slot"),
             "trial": bool(model.get("trial")),
+            "staged": (model.get("staged") or {}).get("version") if isinstance(model.get("staged"), dict) else None,
             "fps": inf.get("fps"), "p95_ms": lat.get("p95"),
             "temp_c": max(temps) if temps else None,
             "power_w": power.get("total_w") if power.get("total_w") is not None else power.get("agent_w"),
@@ -162,7 +163,7 @@ def table(rows: list[dict], now: float | None = None) -> list[str]:
         cells.append((
             r["id"], r["state"], ",".join(r["groups"]) or "-",
             f"{r['model'] or '-'} v{r['version']}" if r.get("version") is not None else (r["model"] or "-"),
-            r["slot"] or "-", "yes" if r["trial"] else "-", _f(r["fps"]), _f(r["p95_ms"], 2), _f(r["temp_c"]),
+            r["slot"] or "-", "yes" if r["trial"] else (f"staged v{r['staged']}" if r.get("staged") else "-"), _f(r["fps"]), _f(r["p95_ms"], 2), _f(r["temp_c"]),
             (_f(r["power_w"], 2) + ("~" if r.get("power_source") == "estimate" else "")) if r["power_w"] is not None else "-",
             _psi_cell(r.get("quality")), f"{ro['id']}:{ro['result']}" if ro else "-", _ago(r["last_seen"], now)))
     widths = [max(len(str(c[i])) for c in cells) for i in range(len(COLUMNS))]

@@ -364,6 +364,7 @@ class Agent:
             "backend": getattr(self.loop.model, "backend", None) if self.loop else None,
             "delegate": getattr(self.loop.model, "delegate", None) if self.loop else None,
             "trial": self.updater.trial_status() if self.updater else (st.trial if st else None),
+            "staged": self.updater.staged_status() if self.updater else None,
             "update": self.updater.progress() if self.updater else None,
             "rollout": self.follower.current() if self.follower else None,
             "telemetry": self.last_telemetry,

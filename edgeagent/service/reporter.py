@@ -82,6 +82,8 @@ class Reporter:
                 extra["quality"] = figures
         m = self._host.model_info
         model = {k: m.get(k) for k in ("name", "version", "slot", "trial")}
+        if m.get("staged"):  # downloaded and checked, switching in its window (update/staged.py)
+            model["staged"] = m["staged"]
         dlg = getattr(loop.model, "delegate", None)
         if dlg:  # the accelerator the model runs on, or that it fell back to the CPU
             model["delegate"] = {"name": dlg["name"], "state": dlg["state"]}

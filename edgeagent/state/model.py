@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 SLOTS = ("a", "b")
-STATUSES = ("good", "trial", "bad", "empty")
+STATUSES = ("good", "trial", "staged", "bad", "empty")
 FORMAT = 1
 
 
@@ -48,6 +48,9 @@ class State:
     # starts of the active slot's model since it last served a whole crash window (or stopped
     # cleanly): {"slot", "sha256", "count"}. RAUC's boot attempts, for committed models.
     boots: dict | None = None
+    # a verified, health-checked update waiting in the inactive slot for its switch window:
+    # {"slot", "version", "sha256", "not_before", "switch_at", "staged_at", "terms"} (rules.stage)
+    staged: dict | None = None
     format: int = FORMAT
 
     def to_json(self) -> dict:
@@ -85,8 +88,14 @@ class State:
                                   or not _is_int(boots.get("count", 0))
                                   or not isinstance(boots.get("boot_id") or "", str)):
             boots = None  # bookkeeping only: forget it rather than refuse the file
+        staged = d.get("staged")
+        if staged is not None and (not isinstance(staged, dict) or staged.get("slot") not in SLOTS
+                                   or staged["slot"] == d["active"] or not _is_int(staged.get("version"))
+                                   or not isinstance(staged.get("terms"), dict)
+                                   or (slots.get(staged["slot"]) or SlotInfo()).status != "staged"):
+            staged = None  # not a staged slot (marked bad since, or damage): nothing switches to it
         return cls(active=d["active"], slots=slots, trial=trial, high_water=dict(hw), generation=gen,
-                   last_rollback=lr if isinstance(lr, dict) else None, boots=boots)
+                   last_rollback=lr if isinstance(lr, dict) else None, boots=boots, staged=staged)
 
 
 def _is_int(v: Any) -> bool:

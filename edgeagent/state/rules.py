@@ -71,6 +71,28 @@ def apply_rollback(st: State, to: str, reason: str, *, mark_bad: bool) -> str:
     return frm
 
 
+def stage(st: State, slot: str, record: dict) -> None:
+    """The installed slot waits for its switch window (status staged): still not the rollback
+    target, never booted; a newer update replaces it (unstage, as prepare_target does)."""
+    info = st.slots.get(slot)
+    if info is None or not info.sha256 or slot == st.active:
+        raise StateError("state.slot_empty", f"slot {slot} holds no installed model to stage")
+    unstage(st)
+    info.status, info.reason = "staged", None
+    st.staged = {"slot": slot, **record}
+
+
+def unstage(st: State, reason: str | None = None) -> None:
+    """Forget the staged update; its slot becomes bad with `reason` (it is being replaced, or
+    does not verify), so nothing ever boots or rolls back to it."""
+    if st.staged is None:
+        return
+    info = st.slots.get(st.staged["slot"])
+    if info is not None and info.status == "staged":
+        info.status, info.reason = "bad", reason or "staged update replaced"
+    st.staged = None
+
+
 def begin_trial(st: State, slot: str, terms: TrialTerms) -> None:
     """The slot becomes active on trial. The high-water version rises here, so a replayed older
     manifest is refused while the new model is on trial."""
@@ -80,6 +102,7 @@ def begin_trial(st: State, slot: str, terms: TrialTerms) -> None:
     if slot == st.active:
         raise StateError("state.slot_active", f"slot {slot} is already active")
     st.trial = trial_record(slot, st.active, terms)
+    st.staged = None  # a staged update switches by beginning its trial
     info.status, info.reason = "trial", None
     st.active = slot
     st.boots = {"slot": slot, "sha256": info.sha256, "count": 1}  # this run is the model's first start

@@ -6,8 +6,8 @@ re-reads state.json, changes it and writes it atomically and durably (temp, fsyn
 dir), keeping the previous good file as state.json.prev. Whatever instant the power goes, the
 next start finds a state.json (or its .prev) naming a slot whose model verifies.
 
-Slot status: good (confirmed), trial (serving on probation), bad (failed, or being written:
-reason "installing"), empty.
+Slot status: good (confirmed), trial (serving on probation), staged (verified and health-checked,
+waiting for its switch window), bad (failed, or being written: reason "installing"), empty.
 """
 
 from __future__ import annotations
@@ -101,8 +101,7 @@ class SlotStore:
         return True
 
     def inactive_slot(self) -> str:
-        st = self.state()
-        return other(st.active) if st else "b"
+        return other(st.active) if (st := self.state()) else "b"
 
     # -- writing ----------------------------------------------------------------------------
     def _write(self, st: State) -> None:
@@ -120,7 +119,7 @@ class SlotStore:
         atomic_write_json(self.file, st.to_json(), mode=0o640)
         self._update_anchor(st)
 
-    def _transition(self, change: Callable[[State], Any]) -> State:
+    def transition(self, change: Callable[[State], Any]) -> State:
         with self.lock:
             st = self.state()
             if st is None:
@@ -284,9 +283,10 @@ class SlotStore:
                 raise StateError("state.slot_active", f"slot {slot} is active and cannot be written")
             if st.trial:
                 raise StateError("state.trial_pending", "a model is on trial; commit or roll back first")
+            rules.unstage(st, "replaced by a newer update")
             st.slots[slot] = SlotInfo(status="bad", reason="installing")
 
-        self._transition(change)
+        self.transition(change)
         self.slot_path(slot).parent.mkdir(parents=True, exist_ok=True)
         return self.slot_path(slot)
 
@@ -297,11 +297,11 @@ class SlotStore:
             st.slots[slot] = SlotInfo(model, version, sha256, size, now_rfc3339(), "bad",
                                       "installed, not switched to yet", health, labels_sha256)
 
-        return self._transition(change)
+        return self.transition(change)
 
     def begin_trial(self, slot: str, terms: TrialTerms) -> State:
         """One write: the slot becomes active on trial (rules.begin_trial)."""
-        return self._transition(lambda st: rules.begin_trial(st, slot, terms))
+        return self.transition(lambda st: rules.begin_trial(st, slot, terms))
 
     def commit(self) -> State:
         """The trial's model is good. Its manifest's `created` has now passed for sure: the time
@@ -317,7 +317,7 @@ class SlotStore:
                 created.append(st.trial["created"])
             st.trial = None
 
-        st = self._transition(change)
+        st = self.transition(change)
         if created:
             try:
                 TimeFloor(self.dir).committed(parse_utc(created[0]))
@@ -340,7 +340,7 @@ class SlotStore:
         def change(st: State) -> None:
             rules.apply_rollback(st, self.rollback_target(st), reason, mark_bad=mark_bad)
 
-        return self._transition(change)
+        return self.transition(change)
 
     def mark_bad(self, slot: str, reason: str) -> State:
         def change(st: State) -> None:
@@ -350,7 +350,7 @@ class SlotStore:
             info.status, info.reason = "bad", reason
             st.slots[slot] = info
 
-        return self._transition(change)
+        return self.transition(change)
 
     def set_health(self, slot: str, health: dict) -> State:
         def change(st: State) -> None:
@@ -358,7 +358,7 @@ class SlotStore:
             if info is not None:
                 info.health = health
 
-        return self._transition(change)
+        return self.transition(change)
 
     # -- views ------------------------------------------------------------------------------
     def reset(self, *, forget_versions: bool = False) -> dict:
@@ -397,4 +397,4 @@ class SlotStore:
                          "model": info.model, "version": info.version, "sha256": info.sha256, "size": info.size,
                          "installed_at": info.installed_at, "health": info.health, "reason": info.reason,
                          "labels": self.label_count(s, info)})
-        return {"active": st.active, "slots": rows, "trial": st.trial, "high_water": st.high_water}
+        return {"active": st.active, "slots": rows, "trial": st.trial, "staged": st.staged, "high_water": st.high_water}

@@ -106,10 +106,15 @@ def discovery_payload(*, device_id: str, topic_prefix: str, agent_version: str, 
 
 def update_state(model: dict, progress: dict | None, installing: Any) -> dict:
     """The update entity's state: the installed version, and while an update runs, its version
-    as `latest_version` with its progress."""
+    as `latest_version` with its progress; a staged update (downloaded, switching in its window)
+    is the latest version, with when it switches as the release summary."""
     installed = str(model.get("version"))
     out = {"installed_version": installed, "latest_version": installed, "in_progress": False,
            "update_percentage": None, "title": str(model.get("name") or "model")}
+    staged = model.get("staged")
+    if isinstance(staged, dict) and staged.get("version") is not None:
+        out["latest_version"] = str(staged["version"])
+        out["release_summary"] = f"staged: switches at {staged.get('switch_at')} (or with the switch command)"
     if progress is not None:
         out["in_progress"] = True
         if installing is not None:

@@ -28,6 +28,7 @@ from edgeagent.state import labels, reference
 from edgeagent.state.atomic import atomic_write_json
 from edgeagent.state.timefloor import TimeFloor, released, utcnow
 from edgeagent.update import health as health_mod
+from edgeagent.update.encryption import Identity
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.cancel import NEVER, Cancel
 from edgeagent.update.fetch import fetch_to_staging
@@ -87,6 +88,7 @@ class Installer:
         self._receiver = receiver
         # update.max_bytes_per_s, read on every chunk (config.set applies to a download under way)
         self.pace = Pacer(rate or (lambda: cfg.update.max_bytes_per_s))
+        self.identity: Identity | None = None  # set by check() for an encrypted payload
 
     def phase(self, phase: str, percent: float | None = None, **extra: Any) -> None:
         p = {"phase": phase, **({"percent": round(percent, 1)} if percent is not None else {}), **extra}
@@ -118,7 +120,23 @@ class Installer:
             raise UpdateRejected("update.accelerator_missing", f"v{m.version} requires the delegate {need!r}; {have}")
         if m.payload.size > ucfg.max_payload_bytes:
             raise UpdateRejected("update.too_large", f"payload {m.payload.size} bytes > max_payload_bytes {ucfg.max_payload_bytes}")
+        self.identity = self._identity_for(m)  # before any byte is downloaded
         return m
+
+    def _identity_for(self, m: Manifest) -> Identity | None:
+        """An encrypted payload: this device's identity, which must be among its recipients."""
+        enc = m.payload.encryption
+        if enc is None:
+            return None
+        path = self.cfg.update.identity
+        if not path:
+            raise UpdateRejected("update.not_for_this_device", f"v{m.version} is encrypted and this device has no "
+                                                               "[update] identity")
+        ident = Identity.load(path)
+        if ident.id not in enc.recipients:
+            raise UpdateRejected("update.not_for_this_device", f"v{m.version} is encrypted to {len(enc.recipients)} "
+                                                               f"recipient(s), not to this device ({ident.id})")
+        return ident
 
     # -- step 2: plan -------------------------------------------------------------------------
     def plan(self, m: Manifest, frames: list[np.ndarray]) -> Plan:
@@ -177,10 +195,11 @@ class Installer:
         if m.kind == "delta":
             base = self.store.slot_path(st.active)
             apply_delta(base, m.base.sha256, payload, target, target_sha256=m.target.sha256, target_size=m.target.size,
-                        check=self.cancel.check)
+                        check=self.cancel.check, identity=self.identity,
+                        plain_size=m.payload.encryption.size if m.payload.encryption else None)
         else:
             copy_full(payload, target, target_sha256=m.target.sha256, target_size=m.target.size,
-                      check=self.cancel.check)
+                      check=self.cancel.check, identity=self.identity)
         self.phase("write", 100.0, slot=slot)
         return slot, target
 

@@ -1,11 +1,12 @@
-"""The update commands and their one worker: update, commit, rollback, cancel, slots.
+"""The update commands and their one worker: update, commit, rollback, cancel, switch, slots.
 
 The lifecycle of one update reads top to bottom in `_run_update`:
 check (verify the manifest once) -> remember (resumable) -> plan, fetch, write and verify,
-health (installer) -> switch -> probation (trial) -> commit or roll back (trial).
+health (installer) -> switch, or stage until the switch window (staged) -> probation (trial) ->
+commit or roll back (trial).
 The manager decides and answers; the pieces it drives are pure or single-purpose: the manifest
-verifier, the installer's steps, the payload sources, the switcher, the trial keeper and the slot
-store (whose rules pick every rollback target).
+verifier, the installer's steps, the payload sources, the switcher, the staged updates, the trial
+keeper and the slot store (whose rules pick every rollback target).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.installer import Installer
 from edgeagent.update.pending import PendingUpdate
 from edgeagent.update.ports import EventSink, ModelHost, Reply, ReplyRoutes
+from edgeagent.update.probation import terms_for
 from edgeagent.update.source import PayloadSource, TransferReceiver
+from edgeagent.update.staged import StagedUpdates
 from edgeagent.update.staging import Staging
 from edgeagent.update.switch import Switcher
 from edgeagent.update.trial import Trials
@@ -54,6 +57,8 @@ class UpdateManager:
         self.switcher = Switcher(host, store, events)
         self.trials = Trials(host, store, events, self.switcher, update_config=lambda: self._config().update,
                              stop=self._stop, spawn=self._spawn)
+        self.staged = StagedUpdates(store, events, self.switcher, self.trials, busy=self._busy,
+                                    update_config=lambda: self._config().update, stop=self._stop, spawn=self._spawn)
         self.pending = PendingUpdate(config().state_dir)
         self._cancel: Cancel | None = None  # the running update's
         self._current: dict | None = None  # the running update: signed manifest, waiters
@@ -72,6 +77,7 @@ class UpdateManager:
         d.register("rollback", self.op_rollback)
         d.register("commit", lambda args, ctx: self.trials.commit())
         d.register("cancel", self.op_cancel)
+        d.register("switch", lambda args, ctx: self.staged.switch_now())
         d.register("slots", lambda args, ctx: self.store.slots_table())
 
     def on_chunk(self, transfer_id: str, index: int, data: bytes) -> None:
@@ -82,6 +88,7 @@ class UpdateManager:
         """After a (re)start: continue a pending trial's probation, and an unfinished update."""
         if plan.trial:
             self.trials.resume(plan.slot, plan.trial)
+        self.staged.check_at_start()
         staging = Staging(self.cfg.state_dir)
         r = self.pending.load()
         if r is None:
@@ -132,6 +139,10 @@ class UpdateManager:
 
     def trial_status(self) -> dict | None:
         return self.trials.status()
+
+    def staged_status(self) -> dict | None:
+        rec = self.staged.record()
+        return self.staged.answer(rec) if rec else None
 
     # -- update -----------------------------------------------------------------------------
     def start_update(self, args: dict, reply: Reply, *, request_id: str, source: str = "mqtt") -> None:
@@ -221,12 +232,25 @@ class UpdateManager:
             frames = self.host.loop.recent_frames()
             m = inst.check(manifest)  # verified first, and only here
             version = m.version
+            done = self.staged.already(m)
+            if done is not None:  # this very update is staged already (a retried push)
+                self.pending.forget()
+                self._answer(ok=done)
+                return
             keep = staging.names_for(m.payload.sha256, src.transfer_id)
             self.pending.remember(manifest, src, m.version, _request_of(ctx), deadline)
             installed = inst.run(m, src, frames)
             cancel.check()
+            expected = installed.health.get("latency_ms")
+            terms_of = lambda before: terms_for(m, self.cfg.update, expected_ms=expected, before=before)  # noqa: E731
+            at = self.staged.switch_time(m)
+            if at is not None:  # download now, switch later: it waits in its slot
+                rec = self.staged.stage(installed, terms_of(None), at)
+                self.pending.forget()
+                self._answer(ok={**self.staged.answer(rec), "health": installed.health})
+                return
             self._set_progress({"phase": "switch"})
-            self.trials.switch_to(installed)
+            self.trials.switch_to(installed.slot, installed.path, m.version, terms_of)
             probation = self.store.state().trial
             self.pending.forget()
             self._answer(ok={"version": m.version, "slot": installed.slot, "state": "trial",

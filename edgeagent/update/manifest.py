@@ -25,13 +25,9 @@ from edgeagent.update.golden import Golden
 from edgeagent.update.canonical import canonical_bytes
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.keys import keyid
+from edgeagent.update.untrusted import MAX_ENVELOPE_BYTES, MAX_INT, _check_tree, load_untrusted  # noqa: F401
 
-# A manifest may carry a golden set (reference inputs), so it is larger than TUF's metadata;
-# still small enough for one MQTT message and the device's memory.
-MAX_ENVELOPE_BYTES = 512 * 1024
 MAX_PROBATION_S = 86400
-MAX_DEPTH = 16  # a real envelope nests 7 deep; json.loads recurses, and 100,000 '[' fit in 512 KiB
-MAX_INT = 2**63 - 1  # what every consumer of these numbers (C, JSON in other languages) can hold
 TYPE = "edgeagent-update"
 SPEC_VERSION = 1
 # \A...\Z, not ^...$: `$` also matches before a trailing newline, so "abc…\n" passed as a sha256
@@ -39,6 +35,8 @@ _NAME = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 _HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
 _TIME = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z")
 _FILE = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
+_RID = re.compile(r"\A[0-9a-f]{16}\Z")
+MAX_RECIPIENTS = 10000
 
 
 @dataclass(frozen=True)
@@ -54,11 +52,22 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Encryption:
+    """signed.payload.encryption: the payload is age-encrypted (update/encryption.py); sha256 and
+    size of the payload are the ciphertext's, `size` here the plaintext's."""
+
+    format: str  # "age"
+    size: int
+    recipients: tuple[str, ...]  # recipient ids (encryption.recipient_id)
+
+
+@dataclass(frozen=True)
 class Payload:
     sha256: str
     size: int
     format: str  # "bsdiff4" | "raw"
     name: str
+    encryption: Encryption | None = None
 
 
 @dataclass(frozen=True)
@@ -86,85 +95,11 @@ class Manifest:
     labels: tuple[str, ...] | None = None  # the target model's labels (signed.labels), stored beside it
     monitor: Any = None  # the target's quality reference (signed.monitor, state.reference.Reference)
     requires: dict | None = None  # {"delegate": NAME}: what the device must have to take it
+    not_before: str | None = None  # RFC 3339 UTC: downloaded and checked at once, switched to only after it
 
 
 def _bad(msg: str) -> UpdateRejected:
     return UpdateRejected("update.malformed", msg)
-
-
-def _depth_of_text(raw: str) -> int:
-    """The deepest bracket nesting of JSON text, outside strings: checked before json.loads,
-    which recurses once per level and raises RecursionError (not ValueError) near 1000."""
-    depth = deepest = 0
-    in_str = esc = False
-    for ch in raw:
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > MAX_DEPTH:
-                    return deepest
-        elif ch in "]}":
-            depth -= 1
-    return deepest
-
-
-def _check_tree(obj: Any) -> None:
-    """Depth and number ranges of an already-parsed document, iteratively (no recursion)."""
-    stack = [(obj, 1)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, (dict, list)):
-            if d > MAX_DEPTH:
-                raise UpdateRejected("update.too_deep", f"manifest nests deeper than {MAX_DEPTH} levels")
-            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
-        elif isinstance(v, bool) or v is None or isinstance(v, str):
-            continue
-        elif isinstance(v, int):
-            if not -MAX_INT <= v <= MAX_INT:
-                raise UpdateRejected("update.number_range", f"manifest holds an integer beyond +-{MAX_INT}")
-        elif isinstance(v, float):
-            if v != v or v in (float("inf"), float("-inf")):
-                raise UpdateRejected("update.number_range", "manifest holds a number that is not finite")
-        else:
-            raise _bad(f"manifest holds a {type(v).__name__}, which is not JSON")
-
-
-def _no_constant(name: str) -> Any:
-    raise UpdateRejected("update.number_range", f"manifest holds {name}, which is not a JSON number")
-
-
-def load_untrusted(raw: bytes | str) -> Any:
-    """Untrusted JSON text -> a parsed document, or UpdateRejected: never RecursionError,
-    OverflowError or a ValueError of Python's own (4300-digit integers, NaN, Infinity)."""
-    if len(raw) > MAX_ENVELOPE_BYTES:
-        raise _bad(f"manifest is {len(raw)} bytes, limit {MAX_ENVELOPE_BYTES}")
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise _bad(f"manifest is not UTF-8: {e.reason}") from None
-    if _depth_of_text(raw) > MAX_DEPTH:
-        raise UpdateRejected("update.too_deep", f"manifest nests deeper than {MAX_DEPTH} levels")
-    try:
-        doc = json.loads(raw, parse_constant=_no_constant)
-    except UpdateRejected:
-        raise
-    except (ValueError, RecursionError) as e:
-        if "digits" in str(e):  # int() refuses more than 4300 digits
-            raise UpdateRejected("update.number_range", "manifest holds an integer with too many digits") from None
-        raise _bad(f"manifest is not JSON: {e}") from None
-    _check_tree(doc)
-    return doc
 
 
 def _obj(d: Any, path: str, required: set[str], optional: set[str] = frozenset()) -> dict:
@@ -234,7 +169,7 @@ def _pure(parse: Any, v: Any, path: str) -> Any:
 def parse_signed(s: Any) -> Manifest:
     """Strict schema of `signed` (only called on signature-verified data)."""
     s = _obj(s, "signed", {"_type", "spec_version", "model", "version", "created", "expires", "kind", "target", "payload"},
-             {"base", "health", "io", "labels", "monitor", "requires"})
+             {"base", "health", "io", "labels", "monitor", "requires", "not_before"})
     if s["_type"] != TYPE:
         raise _bad(f"signed._type: expected {TYPE!r}")
     if s["spec_version"] != SPEC_VERSION or isinstance(s["spec_version"], bool):
@@ -256,7 +191,7 @@ def parse_signed(s: Any) -> Manifest:
         raise _bad("signed.base: not allowed for a full update")
     t = _obj(s["target"], "signed.target", {"sha256", "size"})
     target = Target(_str(t["sha256"], "signed.target.sha256", _HEX64, "64 lower-case hex digits"), _int(t["size"], "signed.target.size", 1))
-    p = _obj(s["payload"], "signed.payload", {"sha256", "size", "format", "name"})
+    p = _obj(s["payload"], "signed.payload", {"sha256", "size", "format", "name"}, {"encryption"})
     fmt = p["format"]
     if fmt not in ("bsdiff4", "raw"):
         raise _bad("signed.payload.format: expected \"bsdiff4\" or \"raw\"")
@@ -266,7 +201,8 @@ def parse_signed(s: Any) -> Manifest:
     if not isinstance(name, str) or not _FILE.match(name) or name in (".", ".."):
         raise _bad("signed.payload.name: expected a plain file name")
     payload = Payload(_str(p["sha256"], "signed.payload.sha256", _HEX64, "64 lower-case hex digits"),
-                      _int(p["size"], "signed.payload.size", 1), fmt, name)
+                      _int(p["size"], "signed.payload.size", 1), fmt, name,
+                      _encryption(p["encryption"]) if "encryption" in p else None)
     health = None
     if "health" in s:
         h = _obj(s["health"], "signed.health", set(),
@@ -291,8 +227,23 @@ def parse_signed(s: Any) -> Manifest:
     if "requires" in s:
         r = _obj(s["requires"], "signed.requires", set(), {"delegate"})
         requires = {"delegate": _str(r["delegate"], "signed.requires.delegate", _NAME, "a delegate name")} if r else {}
+    not_before = s.get("not_before")
+    if not_before is not None:
+        _time(not_before, "signed.not_before")
     return Manifest(model, version, s["created"], s["expires"], kind, base, target, payload, health, io, s, names,
-                    monitor, requires)
+                    monitor, requires, not_before)
+
+
+def _encryption(v: Any) -> Encryption:
+    e = _obj(v, "signed.payload.encryption", {"format", "size", "recipients"})
+    if e["format"] != "age":
+        raise _bad("signed.payload.encryption.format: expected \"age\"")
+    rs = e["recipients"]
+    if not isinstance(rs, list) or not 1 <= len(rs) <= MAX_RECIPIENTS:
+        raise _bad(f"signed.payload.encryption.recipients: expected a list of 1 to {MAX_RECIPIENTS} recipient ids")
+    return Encryption("age", _int(e["size"], "signed.payload.encryption.size", 1),
+                      tuple(_str(r, "signed.payload.encryption.recipients[]", _RID, "16 lower-case hex digits")
+                            for r in rs))
 
 
 def _check_signatures(env: dict, trusted: dict[str, Ed25519PublicKey], threshold: int) -> None:

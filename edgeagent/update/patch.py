@@ -20,12 +20,13 @@ import bz2
 import hashlib
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from bsdiff4.core import decode_int64
 
 from edgeagent.state.atomic import create_new, fsync_dir
+from edgeagent.update.encryption import Identity, decrypt_to, open_plain
 from edgeagent.update.errors import UpdateRejected
 
 
@@ -34,10 +35,11 @@ MAGIC = b"BSDIFF40"
 
 
 class _Bz2Stream:
-    """Decompress one bz2 block of a patch file on demand, in bounded pieces."""
+    """Decompress one bz2 block of a patch on demand, in bounded pieces, from a forward reader
+    positioned at the block (a plain file, or a decrypting stream for an encrypted payload)."""
 
-    def __init__(self, fh, offset: int, length: int) -> None:
-        self.fh, self.pos, self.left = fh, offset, length
+    def __init__(self, reader: Any, length: int) -> None:
+        self.reader, self.left = reader, length
         self.d = bz2.BZ2Decompressor()
         self.buf = bytearray()
 
@@ -47,11 +49,9 @@ class _Bz2Stream:
             if self.d.needs_input:
                 if self.left <= 0 or self.d.eof:
                     raise ValueError("truncated bsdiff4 patch")
-                self.fh.seek(self.pos)
-                chunk = self.fh.read(min(CHUNK, self.left))
+                chunk = self.reader.read(min(CHUNK, self.left))
                 if not chunk:
                     raise ValueError("truncated bsdiff4 patch")
-                self.pos += len(chunk)
                 self.left -= len(chunk)
             self.buf += self.d.decompress(chunk, max_length=CHUNK)
         out = bytes(self.buf[:n])
@@ -59,23 +59,45 @@ class _Bz2Stream:
         return out
 
 
-def stream_patch(old_path: Path, patch_path: Path, fo, h, expect_size: int | None = None) -> int:
-    """Apply a BSDIFF4 patch of old_path, writing the result to fo and hashing it into h."""
-    with open(patch_path, "rb") as fp, open(old_path, "rb") as fold:
+def stream_patch(old_path: Path, patch_path: Path, fo, h, expect_size: int | None = None, *,
+                 open_at: Callable[[int], Any] | None = None, size: int | None = None) -> int:
+    """Apply a BSDIFF4 patch of old_path, writing the result to fo and hashing it into h.
+    open_at(offset): a forward reader of the patch from offset (default: the file itself);
+    size: the patch's length (default: the file's)."""
+    if open_at is None:
+        open_at = open_plain(Path(patch_path), None)
+        size = os.stat(patch_path).st_size
+    assert size is not None
+    readers: list[Any] = []
+
+    def at(offset: int) -> Any:
+        readers.append(open_at(offset))
+        return readers[-1]
+
+    try:
+        return _patch(old_path, at, size, fo, h, expect_size)
+    finally:
+        for r in readers:
+            r.close()
+
+
+def _patch(old_path: Path, at: Callable[[int], Any], total: int, fo, h, expect_size: int | None) -> int:
+    with open(old_path, "rb") as fold:
+        fp = at(0)
         head = fp.read(32)
         if len(head) < 32 or head[:8] != MAGIC:
             raise ValueError("not a bsdiff4 patch")
         len_control, len_diff, len_new = (decode_int64(head[i:i + 8]) for i in (8, 16, 24))
-        total = os.fstat(fp.fileno()).st_size
         if min(len_control, len_diff, len_new) < 0 or 32 + len_control + len_diff > total:
             raise ValueError("bad bsdiff4 header")
         control = bz2.decompress(fp.read(len_control))
+        fp.close()
         if len(control) % 24:
             raise ValueError("invalid control block")
         if expect_size is not None and len_new != expect_size:
             raise ValueError(f"the patch builds {len_new} bytes, the manifest's target is {expect_size}")
-        diff = _Bz2Stream(fp, 32 + len_control, len_diff)
-        extra = _Bz2Stream(fp, 32 + len_control + len_diff, total - 32 - len_control - len_diff)
+        diff = _Bz2Stream(at(32 + len_control), len_diff)
+        extra = _Bz2Stream(at(32 + len_control + len_diff), total - 32 - len_control - len_diff)
         old_fd = fold.fileno()
         old_size = os.fstat(old_fd).st_size
         newpos = oldpos = 0
@@ -142,13 +164,21 @@ def _sha256_file(path: Path) -> str:
 
 
 def apply_delta(base_path: Path, base_sha256: str, patch_path: Path, out_path: Path, *,
-                target_sha256: str, target_size: int, check: Callable[[], None] = lambda: None) -> None:
+                target_sha256: str, target_size: int, check: Callable[[], None] = lambda: None,
+                identity: Identity | None = None, plain_size: int | None = None) -> None:
+    """identity: the payload is age-encrypted (plain_size: the patch's size once decrypted); it
+    is decrypted as it is patched, never written anywhere in plain."""
     if _sha256_file(Path(base_path)) != base_sha256:
         raise UpdateRejected("update.wrong_base", f"{base_path}: sha256 differs from the delta's base")
 
     def write(fo, h) -> int:
         try:
-            return stream_patch(Path(base_path), Path(patch_path), _Checked(fo, check), h, expect_size=target_size)
+            if identity is None:
+                return stream_patch(Path(base_path), Path(patch_path), _Checked(fo, check), h, expect_size=target_size)
+            return stream_patch(Path(base_path), Path(patch_path), _Checked(fo, check), h, expect_size=target_size,
+                                open_at=open_plain(Path(patch_path), identity), size=plain_size)
+        except UpdateRejected:
+            raise
         except (ValueError, OSError, EOFError) as e:
             raise UpdateRejected("update.bad_patch", f"the bsdiff4 patch does not apply: {e}") from None
 
@@ -167,9 +197,23 @@ class _Checked:
 
 
 def copy_full(payload_path: Path, out_path: Path, *, target_sha256: str, target_size: int,
-              check: Callable[[], None] = lambda: None) -> None:
+              check: Callable[[], None] = lambda: None, identity: Identity | None = None) -> None:
     def write(fo, h) -> int:
         size = 0
+        if identity is not None:  # decrypted straight into the slot's temp file
+            done = [0]
+
+            def put(b: bytes) -> None:
+                check()
+                if done[0] + len(b) > target_size:
+                    raise UpdateRejected("update.target_hash", f"the payload decrypts to more than the "
+                                                               f"manifest's {target_size} bytes")
+                fo.write(b)
+                h.update(b)
+                done[0] += len(b)
+
+            decrypt_to(Path(payload_path), identity, put)
+            return done[0]
         with open(payload_path, "rb") as fi:
             for b in iter(lambda: fi.read(CHUNK), b""):
                 check()

@@ -17,8 +17,9 @@ from typing import Callable, Sequence
 
 from edgeagent.errors import EdgeAgentError
 from edgeagent.state import labels as labels_mod
-from edgeagent.state.atomic import atomic_write_json, copy_durable
+from edgeagent.state.atomic import atomic_write_json, copy_durable, fsync_dir
 from edgeagent.update.delta import build_delta
+from edgeagent.update.encryption import encrypt_file, recipient_id
 from edgeagent.update.keys import load_private_key
 from edgeagent.update.manifest import SPEC_VERSION, TYPE, _NAME, parse_signed, sign_envelope
 
@@ -61,9 +62,11 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
                  io: dict | None = None, base_version: int | None = None,
                  progress: Progress | None = None, created: datetime | None = None,
                  delta_method: str = "auto", labels: Sequence[str] | None = None, monitor: dict | None = None,
-                 requires_delegate: str | None = None) -> dict:
+                 requires_delegate: str | None = None, encrypt_to: Sequence[str] | None = None,
+                 not_before: datetime | None = None) -> dict:
     """Write the payload and the signed manifest into out_dir; return a summary dict.
-    `created` defaults to now; expires is now + expires_days."""
+    `created` defaults to now; expires is now + expires_days. encrypt_to: age recipients
+    (`age1...`): the payload is encrypted to them and the manifest names their ids."""
     if not _NAME.match(model):
         raise EdgeAgentError("release.bad_args", f"--model {model!r}: must match [A-Za-z0-9._-]{{1,64}}")
     if version < 1:
@@ -90,10 +93,27 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
                 if signed_base["version"] < 1:
                     raise EdgeAgentError("release.bad_args", "--base-version must be >= 1")
         name = f"{model}-{version}.{'bsdiff4' if kind == 'delta' else 'tflite'}"
-        payload_path = out_dir / name
+        src = delta_path if kind == "delta" else target
         if progress:
             progress("write", 0.0)
-        psha, psize = copy_durable(delta_path if kind == "delta" else target, payload_path, mode=0o644)
+        encryption = None
+        if encrypt_to:
+            name += ".age"
+            payload_path = out_dir / name
+            tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+            try:
+                encrypt_file(src, tmp, list(encrypt_to))
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, payload_path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            fsync_dir(out_dir)
+            psha, psize = _sha256(payload_path, progress, "hash payload")
+            encryption = {"format": "age", "size": src.stat().st_size,
+                          "recipients": sorted({recipient_id(r) for r in encrypt_to})}
+        else:
+            payload_path = out_dir / name
+            psha, psize = copy_durable(src, payload_path, mode=0o644)
     finally:
         if delta_path is not None and delta_path.exists():
             delta_path.unlink()
@@ -104,6 +124,8 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
         "target": {"sha256": tsha, "size": tsize},
         "payload": {"sha256": psha, "size": psize, "format": fmt, "name": name},
     }
+    if encryption:
+        signed["payload"]["encryption"] = encryption
     if signed_base:
         signed["base"] = signed_base
     if health:
@@ -112,6 +134,8 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
         signed["io"] = io
     if monitor is not None:
         signed["monitor"] = monitor
+    if not_before is not None:
+        signed["not_before"] = _ts(not_before.astimezone(timezone.utc))
     if requires_delegate:
         signed["requires"] = {"delegate": requires_delegate}
     if labels is not None:
@@ -126,5 +150,5 @@ def make_release(*, keys: list[str], target: Path, base: Path | None, model: str
         progress("write", 100.0)
     return {"manifest": str(manifest_path), "payload": str(payload_path), "kind": kind, "delta_method": method,
             "delta_why": why,
-            "payload_size": psize, "target_size": tsize, "target_sha256": tsha, "version": version,
+            "payload_size": psize, "target_size": tsize, "encrypted_to": len(encryption["recipients"]) if encryption else 0, "target_sha256": tsha, "version": version,
             "keyids": [s["keyid"] for s in __import__("json").loads(manifest_path.read_text())["signatures"]]}

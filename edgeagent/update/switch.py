@@ -72,9 +72,10 @@ class Switcher:
         state could not be written)."""
         st = st or self.store.state()
         info = st.slots[st.active]
+        staged = {k: st.staged.get(k) for k in ("version", "switch_at", "not_before")} if st.staged else None
         self.host.set_model_info({"name": info.model, "version": info.version, "slot": st.active,
                                   "sha256": info.sha256, "trial": bool(st.trial),
-                                  "labels": self.store.label_count(st.active, info)})
+                                  "labels": self.store.label_count(st.active, info), "staged": staged})
 
     def rollback_committed(self, reason: str) -> dict:
         """A manual rollback outside a trial: to the rollback target (state.rules), loaded and

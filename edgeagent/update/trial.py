@@ -18,12 +18,11 @@ from edgeagent.config import UpdateConfig
 from edgeagent.errors import EdgeAgentError, ModelError, StateError
 from edgeagent.runtime.loop import Shadow
 from edgeagent.state import rules
-from edgeagent.state.rules import before_of
+from edgeagent.state.rules import TrialTerms, before_of
 from edgeagent.state.store import SlotStore
 from edgeagent.update.errors import UpdateRejected
-from edgeagent.update.installer import Installed
 from edgeagent.update.ports import EventSink, ModelHost
-from edgeagent.update.probation import Limits, judge, limits_for, stall_limit_s, terms_for
+from edgeagent.update.probation import Limits, judge, limits_for, stall_limit_s
 from edgeagent.update.switch import Switcher, rss_mb
 
 log = logging.getLogger("edgeagent.update")
@@ -109,30 +108,29 @@ class Trials:
         return Shadow(previous, budget=budget or 0.05, compare=bool(limits.min_agreement_pct))
 
     # -- begin --------------------------------------------------------------------------------
-    def switch_to(self, inst: Installed) -> None:
-        """Load the installed model, persist the trial, swap it in and start probation."""
+    def switch_to(self, slot: str, path: Any, version: int, terms_of: Callable[[dict], TrialTerms]) -> None:
+        """Load the installed model, persist the trial, swap it in and start probation.
+        terms_of(before): the trial's terms given the serving model's figures, measured now."""
         loop = self.host.loop
         before = self.switcher.figures()
         try:
-            new = self.switcher.load_warm(inst.path)
+            new = self.switcher.load_warm(path)
         except EdgeAgentError as e:
-            self.store.mark_bad(inst.slot, f"load failed: {e.message}")
+            self.store.mark_bad(slot, f"load failed: {e.message}")
             raise UpdateRejected("update.health_failed", f"the new model does not load in the daemon: {e.message}") from None
-        ucfg = self._ucfg()
-        expected_ms = inst.health.get("latency_ms")
-        terms = terms_for(inst.manifest, ucfg, expected_ms=expected_ms, before=before)
-        limits = limits_for(terms, ucfg, self._stall_s(expected_ms))
+        terms = terms_of(before)
+        limits = limits_for(terms, self._ucfg(), self._stall_s(terms.expected_ms))
         with self.switcher.lock:
-            self.store.begin_trial(inst.slot, terms)
+            self.store.begin_trial(slot, terms)
             shadow = self._shadow_for(loop.model, limits)
             loop.set_shadow(shadow)  # starts with the first frame the new model serves
             previous = self.switcher.swap(new)
             self.switcher.refresh_model_info()
         if previous is None:
             return  # restarting: the next start resumes the trial
-        self.events.emit("update.trial", version=inst.manifest.version, slot=inst.slot,
+        self.events.emit("update.trial", version=version, slot=slot,
                          probation_s=limits.probation_s, min_inferences=limits.min_inferences)
-        self._start(inst.slot, previous, limits, before, shadow)
+        self._start(slot, previous, limits, before, shadow)
 
     def resume(self, slot: str, record: dict) -> None:
         """After a restart during a trial: the previous model loaded again, probation afresh."""

@@ -59,7 +59,7 @@ def _committed_v2(tmp_path: Path, model_path: Path, *, spoil_a: bool) -> Path:
     store.commit()
     if spoil_a:
         st = store.state()
-        store._transition(lambda s: setattr(s.slots["a"], "status", "bad") or setattr(s.slots["a"], "reason", "spoiled"))
+        store.transition(lambda s: setattr(s.slots["a"], "status", "bad") or setattr(s.slots["a"], "reason", "spoiled"))
         assert store.state().slots["a"].status == "bad" and st.active == "b"
     return d
 

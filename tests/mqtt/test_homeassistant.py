@@ -149,3 +149,31 @@ def test_discovery_is_off_by_default(tmp_path, broker, peers, start_daemon):
     p.wait(lambda t, b: t == f"{P}/telemetry")
     time.sleep(0.5)
     assert not [t for t, _, _ in p.msgs if t.startswith("homeassistant/") or t == f"{P}/update"]
+
+
+def test_a_staged_update_is_the_latest_version_with_when_it_switches(tmp_path, broker, peers, start_daemon, signer,
+                                                                      model_path):
+    from datetime import datetime, timedelta
+
+    later = datetime.now() + timedelta(hours=2)
+    p = peers(broker.port)
+    start_daemon(**mqtt_cfg(broker.port), homeassistant={"discovery": True},
+                 update={"trusted_keys": [str(signer / "edgeagent.pub")],
+                         "switch_window": [f"{later:%H:%M}-{later + timedelta(hours=1):%H:%M}"]})
+    p.wait(lambda t, b: t == f"{P}/update" and isinstance(b, dict) and b["installed_version"] == "1")
+    rel = bundle(tmp_path, signer, model_path, 2)
+    r = p.request("update", {"manifest": json.loads(open(rel["manifest"]).read()),
+                             "payload_b64": base64.b64encode(open(rel["payload"], "rb").read()).decode()})
+    assert r["ok"] and r["result"]["state"] == "staged", r
+    st = p.wait(lambda t, b: t == f"{P}/update" and isinstance(b, dict) and b["latest_version"] == "2")
+    assert st["installed_version"] == "1" and st["in_progress"] is False
+    assert st["release_summary"].startswith(f"staged: switches at {r['result']['switch_at']}")
+    tel = p.wait(lambda t, b: t == f"{P}/telemetry" and isinstance(b, dict) and (b.get("model") or {}).get("staged"))
+    assert tel["model"]["staged"]["version"] == 2 and tel["model"]["version"] == 1  # what the fleet view reads
+    from edgeagent.fleet.view import FleetView, table
+
+    v = FleetView()
+    v.ingest(f"{P}/status", json.dumps(p.wait(lambda t, b: t == f"{P}/status" and isinstance(b, dict))).encode())
+    v.ingest(f"{P}/telemetry", json.dumps(tel).encode())
+    (row,) = v.rows()
+    assert row["staged"] == 2 and "staged v2" in table([row])[1]
