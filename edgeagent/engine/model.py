@@ -10,6 +10,7 @@ its internal buffers are alive.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any, Callable
 
@@ -34,6 +35,10 @@ def _cv2() -> Any:
             cv2 = None
         _CV2.append(cv2)
     return _CV2[0]
+
+
+def _EXACT(frame: np.ndarray, dst: np.ndarray) -> None:  # a marker: preprocess uses set_tensor
+    np.copyto(dst, frame)
 
 
 def _spec(d: dict) -> TensorSpec:
@@ -71,6 +76,10 @@ class Model:
         self._out_fns = [interpreter.tensor(o.index) for o in self.outputs]
         self._out_bufs = [np.zeros(o.shape, np.float32 if o.quantized else o.dtype) for o in self.outputs]
         self._adapters: dict[tuple, Callable[[np.ndarray, np.ndarray], None]] = {}
+        self._last: tuple = ((), None, None)  # (shape, dtype, adapter) of the previous frame
+        # outputs that can hold NaN or Inf (float, not quantised): the only ones checked per frame
+        self._float_fns = [fn for o, fn in zip(self.outputs, self._out_fns)
+                           if not o.quantized and np.issubdtype(o.dtype, np.floating)]
 
     num_threads: int = 0  # what the interpreter was built with
     labels: tuple[str, ...] | None = None  # the slot's labels (state/labels.py), set by who loads it
@@ -127,14 +136,35 @@ class Model:
 
     # -- per frame ----------------------------------------------------------------------------
     def preprocess(self, frame: np.ndarray) -> None:
-        """Adapt one source frame into input 0 (resize, channels, dtype, normalise, quantise)."""
-        key = (frame.shape, frame.dtype.str)
-        adapt = self._adapters.get(key)
-        if adapt is None:
-            adapt = self._adapters[key] = self._make_adapter(frame)
+        """Adapt one source frame into input 0 (resize, channels, dtype, normalise, quantise).
+        A frame like the previous one (the usual case) reuses its adapter without a lookup; a
+        frame already in the input's shape and dtype goes in with one set_tensor."""
+        shape, dtype, adapt = self._last
+        if frame.shape != shape or frame.dtype is not dtype:
+            key = (frame.shape, frame.dtype.str)
+            adapt = self._adapters.get(key)
+            if adapt is None:
+                adapt = self._adapters[key] = self._make_adapter(frame)
+            self._last = (frame.shape, frame.dtype, adapt)
+        if adapt is _EXACT:
+            self.interpreter.set_tensor(self._in.index, frame)
+            return
         dst = self._in_fn()
         adapt(frame, dst)
         del dst  # no view of interpreter memory may outlive this call
+
+    def nonfinite(self) -> bool:
+        """Whether an output of the last invoke holds NaN or Inf, read in the interpreter's own
+        buffers (no copy): the sum of a float output is finite unless an element is not, or the
+        sum overflows, which the exact check then tells apart. Integer outputs cannot be."""
+        for fn in self._float_fns:
+            v = fn()
+            try:
+                if not math.isfinite(v.sum()) and not np.isfinite(v).all():
+                    return True
+            finally:
+                del v  # LiteRT refuses to invoke while a view of its buffers is alive
+        return False
 
     def invoke(self) -> None:
         try:
@@ -165,8 +195,10 @@ class Model:
         shape = spec.shape
         n = int(np.prod(shape))
         convert = self._converter(frame.dtype)
-        if frame.dtype == spec.dtype and frame.size == n and (frame.shape == shape or frame.shape == shape[1:]):
-            return lambda f, dst: np.copyto(dst, f.reshape(shape))  # exact: a straight copy
+        if frame.dtype == spec.dtype and frame.shape == shape and frame.flags.c_contiguous:
+            return _EXACT  # one set_tensor
+        if frame.dtype == spec.dtype and frame.size == n and frame.shape == shape[1:]:
+            return lambda f, dst: np.copyto(dst, f.reshape(shape))  # a straight copy
         image_model = len(shape) == 4
         image_frame = frame.ndim == 3 and frame.shape[-1] in (1, 3, 4) or frame.ndim == 2 and image_model
         if image_model and image_frame:
@@ -195,9 +227,15 @@ class Model:
         spec = self._in
         mean, inv_std = (self._mean, self._inv_std) if np.issubdtype(frame_dtype, np.integer) else (0.0, 1.0)
         if spec.dtype == np.float32:
-            def to_float(src: np.ndarray, dst: np.ndarray) -> None:
-                np.subtract(src, mean, out=dst, casting="unsafe")
-                dst *= inv_std
+            if mean == 0.0 and inv_std == 1.0:
+                def as_float(src: np.ndarray, dst: np.ndarray) -> None:
+                    np.copyto(dst, src, casting="unsafe")
+                return as_float
+            k, off = np.float32(inv_std), np.float32(-mean * inv_std)
+
+            def to_float(src: np.ndarray, dst: np.ndarray) -> None:  # one float32 multiply-add
+                np.multiply(src, k, out=dst, casting="unsafe")
+                dst += off
             return to_float
         if spec.quantized:
             info = np.iinfo(spec.dtype)

@@ -51,12 +51,18 @@ class RolloutController:
         self.served_chunks = 0
         self._settled_since: float | None = None
         self._last_line = ""
-        client.subscribe_many(self.view.topics(events=True) + [(self.topic, 1)])
+        # the retained topics first, read to their end by load(); telemetry and events after
+        client.subscribe_many(self.view.topics(live=False) + [(self.topic, 1)])
+        self._live = False
 
     # -- reading ---------------------------------------------------------------------------
     def load(self) -> None:
-        """Everything retained: the document, every device's status and result."""
+        """Everything retained: the document, every device's status and result; then the live
+        topics. The step's size is decided on the devices known here (`rollout start` says how many)."""
         self.ingest(self.c.settle())
+        if not self._live:
+            self._live = True
+            self.c.subscribe_many(self.view.topics(events=True, retained=False))
 
     def ingest(self, msgs: list) -> None:
         for m in msgs:

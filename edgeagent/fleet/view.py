@@ -78,10 +78,14 @@ class FleetView:
         self._at = self._parts.index("{device_id}")
         self.devices: dict[str, Device] = {}
 
-    def topics(self, *, events: bool = False) -> list[tuple[str, int]]:
+    def topics(self, *, events: bool = False, live: bool = True, retained: bool = True) -> list[tuple[str, int]]:
+        """The device topics to follow: the retained ones (status, rollout result) and the live
+        ones (telemetry, and events when asked)."""
         wild = "/".join("+" if p == "{device_id}" else p for p in self._parts)
-        subs = [(f"{wild}/status", 1), (f"{wild}/telemetry", 0), (f"{wild}/{RESULT_SUBTOPIC}", 1)]
-        return subs + ([(f"{wild}/events", 1)] if events else [])
+        subs = [(f"{wild}/status", 1), (f"{wild}/{RESULT_SUBTOPIC}", 1)] if retained else []
+        if live:
+            subs += [(f"{wild}/telemetry", 0)] + ([(f"{wild}/events", 1)] if events else [])
+        return subs
 
     def prefix_of(self, device: str) -> str:
         return self.prefix.replace("{device_id}", device)

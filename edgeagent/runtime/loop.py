@@ -2,7 +2,9 @@
 
 It runs in its own thread and never waits on the network or on the control plane: everything
 else reads its counters. The per-frame path does no logging and no allocation of its own
-(a few float stores into preallocated rings). A model swap is a reference assignment at a frame
+(a few float stores into preallocated lists), and pays for a check only when something needs it:
+outputs are copied out of the interpreter only for a reader (the frame hook, the output summary,
+a shadow comparison), and finiteness is read on the interpreter's own buffers. A model swap is a reference assignment at a frame
 boundary, so a hot swap costs no frame; the interpreter being swapped in was built, allocated and
 warmed up by the caller beforehand.
 """
@@ -143,7 +145,7 @@ class InferenceLoop:
         self._output_every = output_interval_s
         self._output_at = 0.0
         self._finite_every = max(1, check_finite_every)
-        self._ends = np.zeros(4096, dtype=np.float64)  # frame end times, for the swap-gap benchmark
+        self._ends = [0.0] * 4096  # frame end times (a plain list: a float store, no numpy scalar)
         self.first_frame = threading.Event()
         self.on_first_frame: Callable[[], None] | None = None  # called once, from the loop thread
         self.shadow: Shadow | None = None  # set for the length of a trial
@@ -201,9 +203,10 @@ class InferenceLoop:
     def frame_ends(self, n: int) -> np.ndarray:
         """Monotonic end times of the last n frames, oldest first."""
         c = self.stats.count
-        n = min(n, c, self._ends.size)
-        idx = np.arange(c - n, c) % self._ends.size
-        return self._ends[idx]
+        size = len(self._ends)
+        n = min(n, c, size)
+        ends = np.asarray(self._ends, dtype=np.float64)
+        return ends[np.arange(c - n, c) % size]
 
     def snapshot(self, consume: bool = True) -> dict:
         """The `inference` part of a telemetry payload for the window since the last snapshot."""
@@ -272,21 +275,18 @@ class InferenceLoop:
                 t2 = _perf()
                 model.invoke()
                 t3 = _perf()
-                outs = model.outputs_view()
+                outs = None  # copied out of the interpreter only when something reads them
                 if shadow is not None:
                     ts = _perf()
                     if not shadow_first:
                         old_ms = self._shadow_invoke(shadow, frame)
-                    self._shadow_record(shadow, (t3 - t2) * 1e3, old_ms, outs)
+                    outs = self._shadow_record(shadow, (t3 - t2) * 1e3, old_ms, model)
                     shadow_dt = _perf() - ts  # not part of the served frame's postprocess
                 self.in_model_since = 0.0
                 frame_no += 1
-                if frame_no % self._finite_every == 0:
-                    for o in outs:
-                        if not np.isfinite(o).all():
-                            counters.nonfinite += 1
-                            self.errors += 1
-                            break
+                if frame_no % self._finite_every == 0 and model.nonfinite():
+                    counters.nonfinite += 1
+                    self.errors += 1
             except SourceError as e:  # a frame that cannot be adapted: bad input data
                 self.in_model_since = 0.0
                 self.input_errors += 1
@@ -306,7 +306,7 @@ class InferenceLoop:
             if shadow is not None:
                 t4 -= shadow_dt
             now = time.monotonic()
-            self._ends[stats.count % self._ends.size] = now  # stamped before it is counted: readers
+            self._ends[stats.count % 4096] = now  # stamped before it is counted: readers
             stats.record((t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3)  # of count see its end
             counters.frames += 1
             counters.invoke_ms.append((t3 - t2) * 1e3)
@@ -314,6 +314,8 @@ class InferenceLoop:
             on_frame = self.on_frame
             if on_frame is not None:
                 try:
+                    if outs is None:
+                        outs = model.outputs_view()
                     on_frame(model, frame, outs)
                 except Exception:  # noqa: BLE001 - quality figures must never cost a frame
                     self.on_frame = None
@@ -328,7 +330,7 @@ class InferenceLoop:
             if self._on_output is not None and now - self._output_at >= self._output_every:
                 self._output_at = now
                 try:
-                    self._on_output(model, outs)
+                    self._on_output(model, outs if outs is not None else model.outputs_view())
                 except Exception:  # noqa: BLE001
                     log.exception("output hook failed")
             period = self._period
@@ -359,14 +361,19 @@ class InferenceLoop:
         return ms
 
     @staticmethod
-    def _shadow_record(shadow: Shadow, new_ms: float, old_ms: float | None, outs: list[np.ndarray]) -> None:
+    def _shadow_record(shadow: Shadow, new_ms: float, old_ms: float | None, model: Any) -> list[np.ndarray] | None:
+        """Keep the pair; with outputs compared, the served model's outputs (read for that)."""
         t0 = _perf()
+        outs = None
         if old_ms is not None:
             shadow.new_ms.append(new_ms)
             shadow.old_ms.append(old_ms)
             shadow.pairs += 1
-            if shadow.compare and outs:
-                shadow.compared += 1
-                if shadow.agree(outs[0], shadow.model.outputs_view()[0]):
-                    shadow.agreed += 1
+            if shadow.compare:
+                outs = model.outputs_view()
+                if outs:
+                    shadow.compared += 1
+                    if shadow.agree(outs[0], shadow.model.outputs_view()[0]):
+                        shadow.agreed += 1
         shadow.spent += _perf() - t0
+        return outs

@@ -1,8 +1,9 @@
 """Rolling latency statistics with a bounded memory and no per-frame allocation.
 
-The loop writes one row per frame into a preallocated ring; percentiles are computed only when
-someone asks (telemetry every few seconds, `status`), over the frames since the previous window
-was taken, capped at the ring size. So the per-frame cost is four float stores.
+The loop writes one row per frame into preallocated rings (plain lists: a float store into a list
+costs a few tens of nanoseconds, a numpy scalar store about ten times that); percentiles are
+computed only when someone asks (telemetry every few seconds, `status`), over the frames since
+the previous window was taken, capped at the ring size. So the per-frame cost is three float stores.
 """
 
 from __future__ import annotations
@@ -33,27 +34,30 @@ class LatencyWindow:
 
     def __init__(self, capacity: int = 2048) -> None:
         self.capacity = capacity
-        self._ring = np.zeros((capacity, len(STAGES)), dtype=np.float64)
+        self._pre = [0.0] * capacity
+        self._inv = [0.0] * capacity
+        self._post = [0.0] * capacity
         self.count = 0  # frames ever recorded
         self._taken = 0  # `count` when the last window was taken
         self._taken_at = time.monotonic()
         self._lock = threading.Lock()  # only taken by readers vs. reset; the writer never waits long
 
     def record(self, pre_ms: float, invoke_ms: float, post_ms: float) -> None:
-        row = self._ring[self.count % self.capacity]
-        row[0] = pre_ms + invoke_ms + post_ms
-        row[1] = pre_ms
-        row[2] = invoke_ms
-        row[3] = post_ms
+        i = self.count % self.capacity
+        self._pre[i] = pre_ms
+        self._inv[i] = invoke_ms
+        self._post[i] = post_ms
         self.count += 1
 
     def _rows(self, since: int) -> np.ndarray:
+        """Rows (total, pre, invoke, post) of the frames since `since`, oldest first (a copy)."""
         end = self.count
         n = min(end - since, self.capacity)
         if n <= 0:
-            return self._ring[:0]
+            return np.zeros((0, len(STAGES)))
         idx = np.arange(end - n, end) % self.capacity
-        return self._ring[idx]  # fancy indexing copies: safe against the writer
+        parts = np.array([self._pre, self._inv, self._post], dtype=np.float64)[:, idx].T
+        return np.column_stack([parts.sum(axis=1), parts])
 
     def window(self, consume: bool = True) -> dict:
         """Latency summary and fps over the frames since the last consumed window."""
@@ -75,7 +79,7 @@ class LatencyWindow:
         capacity), and the count to pass next time: for a histogram that sees every frame when
         it is read at least every capacity frames."""
         end = self.count
-        return self._rows(since)[:, 0] if end > since else self._ring[:0, 0], end
+        return self._rows(since)[:, 0] if end > since else np.zeros(0), end
 
     def last(self, n: int) -> np.ndarray:
         """The total latency (ms) of the last n frames, oldest first."""

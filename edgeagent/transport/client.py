@@ -42,7 +42,9 @@ class MqttClient:
         self._subs: list[tuple[str, int]] = []
         self._up = threading.Event()
         self._first: queue.Queue = queue.Queue()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{client_prefix}-{secrets.token_hex(4)}",
+        self.client_id = f"{client_prefix}-{secrets.token_hex(4)}"
+        self.settled_by_marker = False  # how the last settle() ended (the marker, or quiet)
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311)
         try:
             if tls_ca or tls_cert:
@@ -134,15 +136,47 @@ class MqttClient:
             except queue.Empty:
                 return out
 
-    def settle(self, quiet: float = 0.5, limit: float = 5.0) -> list:
-        """The retained messages of fresh subscriptions: read until `quiet` seconds pass without one."""
+    def settle(self, quiet: float = 0.5, limit: float = 10.0) -> list:
+        """The retained messages of the subscriptions made so far, and what came with them.
+
+        A broker sends a subscription's retained messages as it takes the SUBSCRIBE, ahead of
+        anything it takes from this client afterwards; so a marker published after the
+        subscriptions, to a topic of our own, comes back after the last of them, however busy
+        the topics are (400 devices' telemetry is never 0.5 s quiet) and however many there are.
+        Where the marker cannot come back (an ACL forbids the topic), the read ends after `quiet`
+        seconds without a message, as before; `limit` bounds it either way."""
+        marker = f"edgeagent-cli/{self.client_id}/settled/{secrets.token_hex(4)}"
+        got_marker = False
+        try:
+            self.c.subscribe(marker, qos=1)
+            self.c.publish(marker, b"1", qos=1)
+        except (RuntimeError, ValueError):
+            pass
         out: list = []
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            batch = self.drain(min(quiet, max(0.0, deadline - time.monotonic())))
-            if not batch:
+        start = time.monotonic()
+        deadline = start + limit
+        last = start
+        while True:
+            now = time.monotonic()
+            wait = deadline - now
+            if now - start > 1.0:  # no marker by now: perhaps none will come; fall back on quiet
+                wait = min(wait, quiet - (now - last))
+            if wait <= 0:
                 break
-            out += batch
+            try:
+                msg = self.inbox.get(timeout=wait)
+            except queue.Empty:
+                break
+            if msg.topic == marker:
+                got_marker = True
+                break
+            out.append(msg)
+            last = time.monotonic()
+        try:
+            self.c.unsubscribe(marker)
+        except (RuntimeError, ValueError):
+            pass
+        self.settled_by_marker = got_marker
         return out
 
     def close(self) -> None:

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""The per-frame path of the agent's model against a fair bare loop, in one process, interleaved.
+
+    .venv/bin/python scripts/bench_frame_path.py [MODEL ...] [--frames 1000] [--rounds 9]
+
+"Fair": the bare loop does the same work the agent must do. For a frame already in the input's
+dtype: set_tensor, invoke, get_tensor of each output. For a uint8 camera frame into a float
+model: the same normalisation ((pixel - mean) / std, as one float32 multiply-add into a buffer
+of its own), then set_tensor, invoke, get_tensor. The agent side is edgeagent.engine.model.Model
+as the loop drives it: preprocess, invoke, the finiteness check (on the interpreter's buffers;
+outputs are copied only when a reader wants them). Rounds of `frames` frames alternate bare and
+agent; the figure is the median over rounds of (agent - bare) per frame. `edgeagent bench` times
+the whole loop (source, stats, stamps) the same way against the bare loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from edgeagent.engine.model import Model  # noqa: E402
+
+SHARED = REPO.parent / "shared/models"
+
+
+def measure(path: str, frames: int, rounds: int) -> dict:
+    m = Model.load(path, num_threads=0, input_mean=127.5, input_std=127.5)
+    spec = m.inputs[0]
+    it = m.interpreter
+    outs = [o.index for o in m.outputs]
+    rng = np.random.default_rng(0)
+    x = rng.random(spec.shape, dtype=np.float32).astype(spec.dtype)
+    float_model = spec.dtype == np.float32
+    u8 = rng.integers(0, 256, spec.shape[1:], dtype=np.uint8) if float_model and len(spec.shape) == 4 else None
+    buf = np.empty(spec.shape, np.float32)
+    k, off = np.float32(1 / 127.5), np.float32(-1.0)
+
+    def bare_float() -> None:
+        it.set_tensor(spec.index, x)
+        it.invoke()
+        for o in outs:
+            it.get_tensor(o)
+
+    def agent_float() -> None:
+        m.preprocess(x)
+        m.invoke()
+        m.nonfinite()
+
+    def bare_u8() -> None:
+        np.multiply(u8, k, out=buf[0], casting="unsafe")
+        buf[0] += off
+        it.set_tensor(spec.index, buf)
+        it.invoke()
+        for o in outs:
+            it.get_tensor(o)
+
+    def agent_u8() -> None:
+        m.preprocess(u8)
+        m.invoke()
+        m.nonfinite()
+
+    pairs = [("float", bare_float, agent_float)] + ([("uint8", bare_u8, agent_u8)] if u8 is not None else [])
+    out = {"model": Path(path).name}
+    for name, bare, agent in pairs:
+        for f in (bare, agent):
+            for _ in range(100):
+                f()
+        diffs, bare_us = [], []
+        for _ in range(rounds):
+            t = [0.0, 0.0]
+            for i, f in enumerate((bare, agent)):
+                t0 = time.perf_counter()
+                for _ in range(frames):
+                    f()
+                t[i] = (time.perf_counter() - t0) / frames * 1e6
+            diffs.append(t[1] - t[0])
+            bare_us.append(t[0])
+        out[name] = {"bare_us": round(statistics.median(bare_us), 1), "agent_minus_bare_us": round(statistics.median(diffs), 2),
+                     "min": round(min(diffs), 2), "max": round(max(diffs), 2)}
+    m.close()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="*")
+    ap.add_argument("--frames", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=9)
+    a = ap.parse_args()
+    models = a.models or [str(p) for p in (SHARED / "face_detection_short_range.tflite", SHARED / "face_landmark.tflite")
+                          if p.exists()]
+    if not models:
+        from edgeagent.engine import testmodels
+
+        models = [str(testmodels.write_model(Path("/tmp/bench-frame-conv.tflite"), kind="conv",
+                                             input_shape=(1, 128, 128, 3)))]
+    rows = [measure(p, a.frames, a.rounds) for p in models]
+    for r in rows:
+        for k in ("float", "uint8"):
+            if k in r:
+                v = r[k]
+                print(f"{r['model']:40} {k:6} frames: bare {v['bare_us']:8.1f} us, agent {v['agent_minus_bare_us']:+6.2f} us "
+                      f"per frame (rounds {v['min']:+.2f} to {v['max']:+.2f})")
+    print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
