@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """Start-up and CLI costs: time from exec to READY=1, and `edgeagent status` (human and --json).
 
-    .venv/bin/python scripts/bench_start.py [--runs 10]
+    .venv/bin/python scripts/bench_start.py [--runs 10] [--mqtt]
+
+The floor: a process that does only what serving needs (imports numpy and LiteRT, loads the same
+model, invokes it once on a frame, sends READY=1), started the same way in alternation with the
+daemon. The daemon's RSS is read 3 s after READY (its control plane built), and with --mqtt the
+daemon connects to a private mosquitto (paho, TLS library and all).
 
 Each run starts the real daemon (synthetic input at 30 Hz, a small conv model) with a
 NOTIFY_SOCKET of our own and times READY=1 from the exec (READY used to wait for the main loop's
@@ -28,16 +33,62 @@ sys.path.insert(0, str(REPO))
 from edgeagent.engine import testmodels  # noqa: E402
 from tests.support.daemon import base_config, write_config  # noqa: E402
 
+FLOOR = r"""
+import os, socket, sys
+import numpy as np
+try:
+    from ai_edge_litert.interpreter import Interpreter
+except ImportError:
+    from tflite_runtime.interpreter import Interpreter
+it = Interpreter(model_path=sys.argv[1], num_threads=len(os.sched_getaffinity(0)))
+it.allocate_tensors()
+d = it.get_input_details()[0]
+it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+it.invoke()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+import time; time.sleep(30)
+"""
+
+
+def time_ready(cmd: list[str], sock_path: Path, env: dict) -> tuple[float, subprocess.Popen]:
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(str(sock_path))
+    srv.settimeout(30)
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=REPO, env=dict(env, NOTIFY_SOCKET=str(sock_path)), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        while "READY=1" not in srv.recv(4096).decode():
+            pass
+        return time.perf_counter() - t0, p
+    finally:
+        srv.close()
+        sock_path.unlink()
+
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--mqtt", action="store_true", help="the daemon connects to a private mosquitto")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-start-"))
     model = testmodels.write_model(tmp / "m.tflite", kind="conv", input_shape=(1, 64, 64, 3))
-    cfg = write_config(tmp / "config.toml", base_config(tmp, model, input={"rate_hz": 30.0}))
-    ready_s, human_s, json_s = [], [], []
+    broker = None
+    extra = {}
+    if a.mqtt:
+        from tests.support.broker import Broker
+
+        broker = Broker(tmp / "broker").start()
+        extra["mqtt"] = {"host": "127.0.0.1", "port": broker.port}
+    cfg = write_config(tmp / "config.toml", base_config(tmp, model, input={"rate_hz": 30.0}, **extra))
+    ready_s, human_s, json_s, floor_s, rss_mb = [], [], [], [], []
+    env0 = dict(os.environ, PYTHONPATH=str(REPO))
     for i in range(a.runs):
+        dt, fp = time_ready([sys.executable, "-c", FLOOR, str(model)], tmp / f"floor-{i}.sock", env0)
+        floor_s.append(dt)
+        fp.kill()
+        fp.wait()
         sock_path = tmp / f"notify-{i}.sock"
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         srv.bind(str(sock_path))
@@ -52,6 +103,10 @@ def main() -> int:
                 if "READY=1" in msg:
                     ready_s.append(time.perf_counter() - t0)
                     break
+            time.sleep(3)
+            import psutil
+
+            rss_mb.append(psutil.Process(p.pid).memory_info().rss / 2**20)
             for args, out in ((["status"], human_s), (["status", "--json"], json_s)):
                 t = time.perf_counter()
                 subprocess.run([sys.executable, "-m", "edgeagent", "-c", str(cfg), *args], cwd=REPO, env=env,
@@ -62,9 +117,13 @@ def main() -> int:
             p.wait(15)
             srv.close()
             sock_path.unlink()
+    if broker is not None:
+        broker.stop()
     med = statistics.median
     print(f"exec -> READY=1: median {med(ready_s) * 1e3:.0f} ms (min {min(ready_s) * 1e3:.0f}, "
-          f"max {max(ready_s) * 1e3:.0f}) over {a.runs} starts")
+          f"max {max(ready_s) * 1e3:.0f}) over {a.runs} starts; the floor process {med(floor_s) * 1e3:.0f} ms "
+          f"(ratio {med(ready_s) / med(floor_s):.2f}x)")
+    print(f"daemon RSS 3 s after READY: median {med(rss_mb):.1f} MiB{' (with MQTT)' if a.mqtt else ''}")
     print(f"edgeagent status: median {med(human_s) * 1e3:.0f} ms; status --json: median {med(json_s) * 1e3:.0f} ms")
     return 0
 

@@ -33,7 +33,7 @@ from edgeagent.runtime.loop import InferenceLoop
 from edgeagent.service import ops
 from edgeagent.service.boot import boot_model, observe_clock
 from edgeagent.service.host import ServingHost
-from edgeagent.service.monitoring import wire_quality
+from edgeagent.service.monitoring import start_metrics, wire_quality
 from edgeagent.service.reporter import Reporter
 from edgeagent.service.sdnotify import Notifier
 from edgeagent.state.lock import DaemonLock
@@ -48,6 +48,7 @@ EXIT_RESTART = 3
 _RESTART = -1  # queued like a signal
 _FIRST_FRAME = -2  # queued by the inference thread once: READY=1 goes out at the first frame
 CLOCK_FLOOR_EVERY_S = 3600.0
+CONTROL_PLANE_GRACE_S = 1.0  # without a first frame by then, the control plane starts all the same
 
 
 class Agent:
@@ -78,6 +79,7 @@ class Agent:
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._ready = threading.Event()
+        self._control_plane = False  # start_control_plane() has run
         self._term = False  # SIGTERM/SIGINT arrived (set by the signal handler)
         self.reporter = Reporter(config=lambda: self.config, collector=self.telemetry, host=self.host,
                                  notifier=self.notifier, transport=lambda: self.transport,
@@ -141,8 +143,8 @@ class Agent:
         if cfg.output.publish != "none":  # to P/output with a broker, and to local followers always
             from edgeagent.transport.outputs import OutputPublisher
 
-            self.outputs = OutputPublisher((lambda sub, payload: self.transport.publish(sub, payload, qos=0))
-                                           if cfg.mqtt.host else None, full=cfg.output.publish == "full",
+            self.outputs = OutputPublisher((lambda sub, payload: self.transport and self.transport.publish(
+                sub, payload, qos=0)) if cfg.mqtt.host else None, full=cfg.output.publish == "full",
                                            version=lambda: self.host.model_info.get("version"), top_k=cfg.output.top_k)
         self.quality, self.capture = wire_quality(cfg, self.host, self.events, self.dispatcher,
                                                   lambda sub, data: self.transport and self.transport.publish(sub, data, qos=1))
@@ -153,6 +155,26 @@ class Agent:
             on_frame=self.quality.on_frame if self.quality is not None else None)
         ops.register(self.dispatcher, status=self.status, get_config=lambda: self.config,
                      set_config=self._set_config)
+        if self.outputs is not None:
+            self.outputs.start()
+        self.metrics = start_metrics(self.config, self, self.events)
+        self.loop.on_first_frame = lambda: self._signals.put(_FIRST_FRAME)
+        self.loop.start()
+        self._serving_since = time.monotonic()
+        self._boot_confirmed = False
+        log.info("serving %s v%s from slot %s (%s backend, input %s at %s Hz)",
+                 self.model_info["name"], self.model_info["version"], self.model_info["slot"],
+                 model.backend, cfg.input.source, cfg.input.rate_hz)
+
+    def start_control_plane(self) -> None:
+        """The updater, the follower, the dispatcher, MQTT and telemetry, once the model serves
+        (READY=1 is out) or CONTROL_PLANE_GRACE_S after the loop started without a frame (a trial
+        that hangs must still be judged): their imports are not on the way to READY, and
+        commands that come before wait in the control socket's queue."""
+        if self._control_plane:
+            return
+        self._control_plane = True
+        cfg = self.config
         from edgeagent.update.manager import UpdateManager  # the updater needs the loop
 
         self.updater = UpdateManager(self.host, self.store, self.events, config=lambda: self.config,
@@ -169,19 +191,9 @@ class Agent:
         self.dispatcher.start()
         if cfg.mqtt.host:
             self._start_transport()
-        if self.outputs is not None:
-            self.outputs.start()
-        self._start_metrics()
-        self.loop.on_first_frame = lambda: self._signals.put(_FIRST_FRAME)
-        self.loop.start()
-        self._serving_since = time.monotonic()
-        self._boot_confirmed = False
         self.updater.resume(self.boot_plan)
         self.follower.start()  # after resume: an update under way is seen as such
         self.reporter.start(self._ready)
-        log.info("serving %s v%s from slot %s (%s backend, input %s at %s Hz)",
-                 self.model_info["name"], self.model_info["version"], self.model_info["slot"],
-                 model.backend, cfg.input.source, cfg.input.rate_hz)
 
     def _on_signal(self, sig: int, _frame: Any) -> None:
         """Queue it (reentrant); a stop also sets a flag the start-up work (checking model.initial) polls."""
@@ -229,20 +241,6 @@ class Agent:
             self.discovery.attach()
         self.transport.start()
 
-    def _start_metrics(self) -> None:
-        mc = self.config.metrics
-        if not (mc.textfile or mc.listen):
-            return
-        from edgeagent.telemetry.prometheus import AgentMetrics
-
-        self.metrics = AgentMetrics(self, self.events)
-        if mc.listen:
-            try:
-                self.metrics.serve(mc.listen)
-            except OSError as e:  # a port in use must not stop the model serving
-                log.error("metrics: cannot serve on %s: %s; continuing without the endpoint", mc.listen,
-                          e.strerror or e)
-
     def _on_connection(self, up: bool, why: str) -> None:
         if up and self.follower is not None:
             self.follower.on_connected()  # the retained result again (a broker that restarted lost it)
@@ -283,6 +281,7 @@ class Agent:
         assert self.loop is not None
         wd = self.notifier.watchdog_s
         ready = False
+        loop_started = time.monotonic()
         while True:
             # at least every 0.5 s (a quarter of the watchdog period) for supervision, and at
             # once for a signal or the first frame
@@ -300,8 +299,11 @@ class Agent:
             if not ready:
                 ready = self._check_ready()
                 if not ready:
+                    if time.monotonic() - loop_started > CONTROL_PLANE_GRACE_S:
+                        self.start_control_plane()  # no frame yet: the updater must still judge a trial
                     continue  # no watchdog pings before the model serves
                 self._ready.set()
+                self.start_control_plane()
             now = time.monotonic()
             # The watchdog is fed only while the inference loop makes progress: a hung loop
             # (stuck invoke, deadlock) stops the pings and systemd restarts us.

@@ -1,6 +1,6 @@
-"""The quality monitor as the daemon wires it: its events name the serving version, a learned
-reference is stored beside the model in its slot, chosen frames go to the sample capture, and the
-samples are served by command (locally and over MQTT)."""
+"""The monitoring the daemon wires: the quality monitor (its events name the serving version, a
+learned reference is stored beside the model in its slot, chosen frames go to the sample capture,
+and the samples are served by command, locally and over MQTT), and Prometheus when configured."""
 
 from __future__ import annotations
 
@@ -93,3 +93,19 @@ def wire_quality(cfg: Config, host: ServingHost, events: EventBus, d: Dispatcher
     if capture is not None:
         capture.start()
     return make_monitor(cfg, host, events, capture), capture
+
+
+def start_metrics(cfg: Config, readings: Any, events: EventBus) -> Any:
+    """Prometheus (imported only when configured): the textfile and/or the HTTP endpoint."""
+    mc = cfg.metrics
+    if not (mc.textfile or mc.listen):
+        return None
+    from edgeagent.telemetry.prometheus import AgentMetrics
+
+    metrics = AgentMetrics(readings, events)
+    if mc.listen:
+        try:
+            metrics.serve(mc.listen)
+        except OSError as e:  # a port in use must not stop the model serving
+            log.error("metrics: cannot serve on %s: %s; continuing without the endpoint", mc.listen, e.strerror or e)
+    return metrics
