@@ -48,7 +48,6 @@ EXIT_RESTART = 3
 _RESTART = -1  # queued like a signal
 _FIRST_FRAME = -2  # queued by the inference thread once: READY=1 goes out at the first frame
 CLOCK_FLOOR_EVERY_S = 3600.0
-CONTROL_PLANE_GRACE_S = 1.0  # without a first frame by then, the control plane starts all the same
 
 
 class Agent:
@@ -79,7 +78,6 @@ class Agent:
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._ready = threading.Event()
-        self._control_plane = False  # start_control_plane() has run
         self._term = False  # SIGTERM/SIGINT arrived (set by the signal handler)
         self.reporter = Reporter(config=lambda: self.config, collector=self.telemetry, host=self.host,
                                  notifier=self.notifier, transport=lambda: self.transport,
@@ -155,26 +153,6 @@ class Agent:
             on_frame=self.quality.on_frame if self.quality is not None else None)
         ops.register(self.dispatcher, status=self.status, get_config=lambda: self.config,
                      set_config=self._set_config)
-        if self.outputs is not None:
-            self.outputs.start()
-        self.metrics = start_metrics(self.config, self, self.events)
-        self.loop.on_first_frame = lambda: self._signals.put(_FIRST_FRAME)
-        self.loop.start()
-        self._serving_since = time.monotonic()
-        self._boot_confirmed = False
-        log.info("serving %s v%s from slot %s (%s backend, input %s at %s Hz)",
-                 self.model_info["name"], self.model_info["version"], self.model_info["slot"],
-                 model.backend, cfg.input.source, cfg.input.rate_hz)
-
-    def start_control_plane(self) -> None:
-        """The updater, the follower, the dispatcher, MQTT and telemetry, once the model serves
-        (READY=1 is out) or CONTROL_PLANE_GRACE_S after the loop started without a frame (a trial
-        that hangs must still be judged): their imports are not on the way to READY, and
-        commands that come before wait in the control socket's queue."""
-        if self._control_plane:
-            return
-        self._control_plane = True
-        cfg = self.config
         from edgeagent.update.manager import UpdateManager  # the updater needs the loop
 
         self.updater = UpdateManager(self.host, self.store, self.events, config=lambda: self.config,
@@ -191,9 +169,19 @@ class Agent:
         self.dispatcher.start()
         if cfg.mqtt.host:
             self._start_transport()
+        if self.outputs is not None:
+            self.outputs.start()
+        self.metrics = start_metrics(self.config, self, self.events)
+        self.loop.on_first_frame = lambda: self._signals.put(_FIRST_FRAME)
+        self.loop.start()
+        self._serving_since = time.monotonic()
+        self._boot_confirmed = False
         self.updater.resume(self.boot_plan)
         self.follower.start()  # after resume: an update under way is seen as such
         self.reporter.start(self._ready)
+        log.info("serving %s v%s from slot %s (%s backend, input %s at %s Hz)",
+                 self.model_info["name"], self.model_info["version"], self.model_info["slot"],
+                 model.backend, cfg.input.source, cfg.input.rate_hz)
 
     def _on_signal(self, sig: int, _frame: Any) -> None:
         """Queue it (reentrant); a stop also sets a flag the start-up work (checking model.initial) polls."""
@@ -281,7 +269,6 @@ class Agent:
         assert self.loop is not None
         wd = self.notifier.watchdog_s
         ready = False
-        loop_started = time.monotonic()
         while True:
             # at least every 0.5 s (a quarter of the watchdog period) for supervision, and at
             # once for a signal or the first frame
@@ -299,11 +286,8 @@ class Agent:
             if not ready:
                 ready = self._check_ready()
                 if not ready:
-                    if time.monotonic() - loop_started > CONTROL_PLANE_GRACE_S:
-                        self.start_control_plane()  # no frame yet: the updater must still judge a trial
                     continue  # no watchdog pings before the model serves
                 self._ready.set()
-                self.start_control_plane()
             now = time.monotonic()
             # The watchdog is fed only while the inference loop makes progress: a hung loop
             # (stuck invoke, deadlock) stops the pings and systemd restarts us.

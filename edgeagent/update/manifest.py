@@ -14,10 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from edgeagent.state import labels, reference
 from edgeagent.update import golden
@@ -26,6 +23,9 @@ from edgeagent.update.canonical import canonical_bytes
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.keys import keyid
 from edgeagent.update.untrusted import MAX_ENVELOPE_BYTES, MAX_INT, _check_tree, load_untrusted  # noqa: F401
+
+if TYPE_CHECKING:  # cryptography itself is imported when a signature is checked (update/keys.py)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 MAX_PROBATION_S = 86400
 TYPE = "edgeagent-update"
@@ -247,6 +247,8 @@ def _encryption(v: Any) -> Encryption:
 
 
 def _check_signatures(env: dict, trusted: dict[str, Ed25519PublicKey], threshold: int) -> None:
+    from cryptography.exceptions import InvalidSignature
+
     sigs = env["signatures"]
     if not isinstance(sigs, list) or not sigs:
         raise _bad("signatures: expected a non-empty list")

@@ -53,3 +53,19 @@ def test_no_part_takes_the_whole_agent():
                 if "agent" in names:
                     offenders.append(f"{p.relative_to(REPO)}:{node.lineno} {node.name}")
     assert offenders == []
+
+
+def test_a_daemon_pays_for_cryptography_only_when_an_update_comes():
+    """Everything a running daemon imports (service, updater, follower, MQTT) leaves cryptography
+    (about 6.5 MiB of RSS) to the first signature it checks; pyrage to the first encrypted payload."""
+    code = ("import sys, edgeagent.service.agent, edgeagent.update.manager, edgeagent.fleet.follower, "
+            "edgeagent.transport.mqtt, edgeagent.update.installer; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'cryptography', 'pyrage'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    # and a signature check still finds it
+    code = ("import sys; from edgeagent.update.keys import generate_keypair; import tempfile; "
+            "generate_keypair(tempfile.mkdtemp()); print('cryptography' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True", out.stderr
