@@ -39,6 +39,9 @@ def test_low_confidence_samples_are_kept_bounded_and_served_over_mqtt(tmp_path, 
         while time.monotonic() < deadline and written() < 40:  # twice what the ring holds
             time.sleep(0.2)
         assert written() >= 40
+        # from here on one frame every 10 s: the ring no longer turns over while a sample is fetched
+        d.call("config.set", {"key": "input.rate_hz", "value": 0.1})
+        time.sleep(0.3)
         files = [p for p in samples.iterdir() if p.is_file() and not p.name.startswith(".")]  # not one being written
         assert sum(p.stat().st_size for p in files) <= cap
         listed = d.call("samples.list")
