@@ -346,9 +346,9 @@ class SlotStore:
         def change(st: State) -> None:
             if slot == st.active:
                 raise StateError("state.slot_active", f"slot {slot} is active")
-            info = st.slots.get(slot) or SlotInfo()
+            info = st.slots[slot] = st.slots.get(slot) or SlotInfo()
             info.status, info.reason = "bad", reason
-            st.slots[slot] = info
+            st.staged = None if st.staged and st.staged["slot"] == slot else st.staged  # a bad slot is not staged
 
         return self.transition(change)
 

@@ -179,21 +179,19 @@ class DecryptingReader:
                 b, self._skip = b[self._skip:], 0
             self._put(b)
 
+        end: BaseException | None = None  # what the reader gets after the last piece: None is the end
         try:
             decrypt_to(path, identity, write)
-            self._put(None)
         except _Stop:
             return
         except UpdateRejected as e:
-            try:
-                self._put(e)
-            except _Stop:
-                return
+            end = e
         except BaseException as e:  # noqa: BLE001 - handed to the reader, which raises it
-            try:
-                self._put(_refusal(e))
-            except _Stop:
-                return
+            end = _refusal(e)
+        try:
+            self._put(end)
+        except _Stop:
+            pass
 
     def read(self, n: int) -> bytes:
         """Up to n bytes (fewer only at the end of the plaintext)."""

@@ -164,9 +164,7 @@ class StagedUpdates:
 
         try:
             self.trials.switch_to(slot, self.store.slot_path(slot), rec["version"], terms_of)
-        except UpdateRejected as e:
-            why = f"{e.code}: {e.message}"
-            self.store.transition(lambda s: rules.unstage(s, why))
+        except UpdateRejected as e:  # it did not load: switch_to marked its slot bad, which unstages it
             self.events.emit("update.rejected", version=rec["version"], code=e.code, reason=e.message)
             raise
         st = self.store.state()
