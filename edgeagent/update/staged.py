@@ -32,6 +32,7 @@ from edgeagent.update.trial import Trials
 log = logging.getLogger("edgeagent.update")
 
 TICK_S = 1.0
+SWITCH_WAIT_S = 2.0  # how long `switch` waits for an update thread that is finishing
 
 
 def _iso(t: datetime) -> str:
@@ -138,7 +139,8 @@ class StagedUpdates:
         """The `switch` command: the staged update switches now, whatever the window."""
         if self.record() is None:
             raise StateError("state.nothing_staged", "no update is staged")
-        if self.trials.on_trial or not self._busy.acquire(blocking=False):
+        # an update that has just answered "staged" may still be tidying up: wait for it a moment
+        if self.trials.on_trial or not self._busy.acquire(timeout=SWITCH_WAIT_S):
             raise UpdateRejected("update.busy", "an update is in progress or a model is on trial")
         try:
             rec = self.record()
