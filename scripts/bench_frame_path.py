@@ -32,8 +32,9 @@ from edgeagent.engine.model import Model  # noqa: E402
 SHARED = REPO.parent / "shared/models"
 
 
-def measure(path: str, frames: int, rounds: int) -> dict:
-    m = Model.load(path, num_threads=0, input_mean=127.5, input_std=127.5)
+def measure(path: str, frames: int, rounds: int, threads: int = 0, clock=time.perf_counter,
+            with_invoke: bool = True) -> dict:
+    m = Model.load(path, num_threads=threads, input_mean=127.5, input_std=127.5)
     spec = m.inputs[0]
     it = m.interpreter
     outs = [o.index for o in m.outputs]
@@ -44,28 +45,32 @@ def measure(path: str, frames: int, rounds: int) -> dict:
     buf = np.empty(spec.shape, np.float32)
     k, off = np.float32(1 / 127.5), np.float32(-1.0)
 
+    m.invoke()  # outputs exist, for the sides that run without invoke
+    invoke = it.invoke if with_invoke else (lambda: None)
+    m_invoke = m.invoke if with_invoke else (lambda: None)
+
     def bare_float() -> None:
         it.set_tensor(spec.index, x)
-        it.invoke()
+        invoke()
         for o in outs:
             it.get_tensor(o)
 
     def agent_float() -> None:
         m.preprocess(x)
-        m.invoke()
+        m_invoke()
         m.nonfinite()
 
     def bare_u8() -> None:
         np.multiply(u8, k, out=buf[0], casting="unsafe")
         buf[0] += off
         it.set_tensor(spec.index, buf)
-        it.invoke()
+        invoke()
         for o in outs:
             it.get_tensor(o)
 
     def agent_u8() -> None:
         m.preprocess(u8)
-        m.invoke()
+        m_invoke()
         m.nonfinite()
 
     pairs = [("float", bare_float, agent_float)] + ([("uint8", bare_u8, agent_u8)] if u8 is not None else [])
@@ -78,10 +83,10 @@ def measure(path: str, frames: int, rounds: int) -> dict:
         for _ in range(rounds):
             t = [0.0, 0.0]
             for i, f in enumerate((bare, agent)):
-                t0 = time.perf_counter()
+                t0 = clock()
                 for _ in range(frames):
                     f()
-                t[i] = (time.perf_counter() - t0) / frames * 1e6
+                t[i] = (clock() - t0) / frames * 1e6
             diffs.append(t[1] - t[0])
             bare_us.append(t[0])
         out[name] = {"bare_us": round(statistics.median(bare_us), 1), "agent_minus_bare_us": round(statistics.median(diffs), 2),
@@ -95,15 +100,24 @@ def main() -> int:
     ap.add_argument("models", nargs="*")
     ap.add_argument("--frames", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=0, help="interpreter threads (0: one per core)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: this thread's CPU time (time.thread_time), which a busy neighbour or a "
+                         "VM's stolen time does not inflate; with --threads 1 it holds all of a frame's work")
+    ap.add_argument("--no-invoke", action="store_true",
+                    help="both sides without the invoke (the same on both): the pipeline's own work, "
+                         "without a millisecond of model time and its noise around a few microseconds")
     a = ap.parse_args()
-    models = a.models or [str(p) for p in (SHARED / "face_detection_short_range.tflite", SHARED / "face_landmark.tflite")
+    clock = time.thread_time if a.clock == "cpu" else time.perf_counter
+    models = a.models or [str(p) for p in (SHARED / "face_detection_short_range.tflite", SHARED / "face_landmark.tflite",
+                                           REPO / ".bench-models/iris_landmark.tflite")  # scripts/fetch_bench_models.sh
                           if p.exists()]
     if not models:
         from edgeagent.engine import testmodels
 
         models = [str(testmodels.write_model(Path("/tmp/bench-frame-conv.tflite"), kind="conv",
                                              input_shape=(1, 128, 128, 3)))]
-    rows = [measure(p, a.frames, a.rounds) for p in models]
+    rows = [measure(p, a.frames, a.rounds, a.threads, clock, with_invoke=not a.no_invoke) for p in models]
     for r in rows:
         for k in ("float", "uint8"):
             if k in r:

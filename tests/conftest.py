@@ -41,10 +41,16 @@ def test_delegate(tmp_path_factory) -> Path:
     return build(tmp_path_factory.mktemp("delegate"))
 
 
-POWERCUT_SUMMARY: list[str] = []  # filled by tests/hardening/test_powercut.py
+def pytest_collection_modifyitems(items: list) -> None:
+    """Tests marked `long` first: with pytest-xdist the workers then end at about the same time
+    instead of one worker starting a 90 s test when the others are done."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: file order otherwise
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """The power-cut test's counts, in `make test`'s output even with -q."""
-    for line in POWERCUT_SUMMARY:
-        terminalreporter.write_line(line)
+    """Lines a test records as `terminal_summary` (the power-cut counts) in `make test`'s output,
+    even with -q and from a pytest-xdist worker (user properties travel with the report)."""
+    for rep in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        for key, value in getattr(rep, "user_properties", []):
+            if key == "terminal_summary" and getattr(rep, "when", "call") == "call":
+                terminalreporter.write_line(str(value))

@@ -16,6 +16,14 @@ from edgeagent.errors import EdgeAgentError
 
 # Modules under edgeagent.cli that provide register(subparsers).
 COMMAND_MODULES = ("daemon", "slots", "clock", "output", "samples", "publisher", "top", "push", "fleet", "rollout")
+# The module that registers each command: a command line imports only its own (`run` does not pay
+# for the rollout controller's imports at every start). tests/core/test_cli_table.py holds this
+# table to what each module's register() adds.
+COMMANDS = {"run": "daemon", "status": "daemon", "bench": "daemon",
+            **dict.fromkeys(("slots", "rollback", "commit", "switch", "reset", "install"), "slots"),
+            "clock": "clock", "output": "output", "samples": "samples",
+            **dict.fromkeys(("keygen", "release", "verify"), "publisher"),
+            "top": "top", "push": "push", "fleet": "fleet", "rollout": "rollout"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,19 +31,35 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: usage error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_of(argv: list[str]) -> str | None:
+    """The command word of a command line (after the global options), or None (--help, a typo)."""
+    it = iter(argv)
+    for a in it:
+        if a in ("-c", "--config"):
+            next(it, None)
+        elif not a.startswith("-"):
+            return a if a in COMMANDS else None
+        elif not a.startswith("--config="):
+            return None  # -h, --version, or an option argparse should refuse with the full list
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for this command line: only its command's module when argv names one."""
     p = _Parser(prog="edgeagent", description="Run, monitor and update ML models on an edge device.")
     p.add_argument("-c", "--config", help="config file (default $EDGEAGENT_CONFIG or /etc/edgeagent/config.toml)")
     p.add_argument("--version", action="version", version=f"edgeagent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in COMMAND_MODULES:
+    command = command_of(argv) if argv is not None else None
+    for name in (COMMANDS[command],) if command else COMMAND_MODULES:
         importlib.import_module(f"edgeagent.cli.{name}").register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except EdgeAgentError as e:

@@ -172,13 +172,66 @@ def _push(pub: MqttClient, args: argparse.Namespace, envelope: dict, mpath: Path
     resent = 0
     said: set[str] = set()  # each step once, whether the reply or the event comes first
     probation = _Probation(version, say)
+    connects, status_id = pub.connects, None
 
     def once(key: str, line: str) -> None:
         if key not in said:
             said.add(key)
             say(line)
 
+    def on_event(body: dict, via: str = "events") -> bool:
+        """One event of the device's; True when the wait is over."""
+        nonlocal reply, outcome, resent
+        ev = body.get("event")
+        ours = body.get("version") == version
+        if reply is None and ours and ev == "update.rejected":
+            # the device said no on its events (its reply may have gone to a connection we lost)
+            reply = {"id": rid, "ok": False, "error": {"code": body.get("code"), "message": body.get("reason", "")},
+                     "via": via}
+            return True
+        if reply is None and ours and ev == "update.trial":
+            reply = {"id": rid, "ok": True, "result": {"version": version, "slot": body.get("slot"), "state": "trial"},
+                     "via": via}
+            once("trial", f"device: v{version} installed, on trial in slot {body.get('slot')} (seen on its {via})")
+            probation.begin(body)
+            return not args.wait
+        if ev == "update.transfer" and chunks and body.get("id") == cmd_args["transfer"]["id"]:
+            missing = [i for i in body.get("missing", []) if isinstance(i, int) and 0 <= i < len(chunks)]
+            for i in missing:
+                pub.publish(f"{prefix}/transfer/{body['id']}/{i}", chunks[i])
+            resent += len(missing)
+            say(f"device asked again for {len(missing)} chunk(s); re-sent")
+        elif ev in ("update.verified", "update.applied") and ours:
+            once(ev, f"device: {ev}")
+        elif ev == "update.trial" and ours:
+            once("trial", f"device: v{version} installed, on trial in slot {body.get('slot')}")
+            probation.begin(body)
+        elif ev in ("update.committed", "update.rolled_back") and reply is not None and ours:
+            outcome = body
+            say(f"device: {ev}" + (f" ({body.get('reason')})" if ev == "update.rolled_back" else ""))
+            return True
+        return False
+
+    def on_status(st: dict) -> bool:
+        """What happened while the broker was away: the device's recent events from our update's
+        start on (its events then went nowhere), or, when they have scrolled off, its model."""
+        events = [e for e in st.get("events") or [] if isinstance(e, dict)]
+        starts = [i for i, e in enumerate(events) if e.get("event") == "update.received" and e.get("version") == version]
+        if starts:
+            return any(on_event(e, via="status") for e in events[starts[-1]:])
+        model, trial = st.get("model") or {}, st.get("trial")
+        if reply is not None and model.get("version") == version and not trial and not st.get("update"):
+            return on_event({"event": "update.committed", "version": version, "via": "status"}, via="status")
+        return False
+
     while time.monotonic() < deadline:
+        if pub.connects != connects and pub.connected:
+            # we were cut off: events the device sent meanwhile are lost, so ask it where it is
+            connects, status_id = pub.connects, f"{rid}-status-{pub.connects}"
+            say("reconnected to the broker: asking the device where the update stands")
+            pub.publish(f"{prefix}/cmd", json.dumps({"id": status_id, "op": "status"}),
+                        response_topic=reply_topic if pub.v5 else None,
+                        correlation=status_id.encode() if pub.v5 else None, expiry_s=30)
         try:
             msg = pub.inbox.get(timeout=0.5)
         except queue.Empty:
@@ -200,37 +253,12 @@ def _push(pub: MqttClient, args: argparse.Namespace, envelope: dict, mpath: Path
             if not args.wait:
                 break
             continue
-        ev = body.get("event") if isinstance(body, dict) else None
-        if msg.topic != f"{prefix}/events" or ev is None:
-            continue
-        ours = body.get("version") == version
-        if reply is None and ours and ev == "update.rejected":
-            # the device said no on its events (its reply may have gone to a connection we lost)
-            reply = {"id": rid, "ok": False, "error": {"code": body.get("code"), "message": body.get("reason", "")},
-                     "via": "events"}
-            break
-        if reply is None and ours and ev == "update.trial":
-            reply = {"id": rid, "ok": True, "result": {"version": version, "slot": body.get("slot"), "state": "trial"},
-                     "via": "events"}
-            once("trial", f"device: v{version} installed, on trial in slot {body.get('slot')} (seen on its events)")
-            probation.begin(body)
-            if not args.wait:
+        if msg.topic == reply_topic and isinstance(body, dict) and status_id and body.get("id") == status_id:
+            if body.get("ok") and isinstance(body.get("result"), dict) and on_status(body["result"]):
                 break
             continue
-        if ev == "update.transfer" and chunks and body.get("id") == cmd_args["transfer"]["id"]:
-            missing = [i for i in body.get("missing", []) if isinstance(i, int) and 0 <= i < len(chunks)]
-            for i in missing:
-                pub.publish(f"{prefix}/transfer/{body['id']}/{i}", chunks[i])
-            resent += len(missing)
-            say(f"device asked again for {len(missing)} chunk(s); re-sent")
-        elif ev in ("update.verified", "update.applied") and ours:
-            once(ev, f"device: {ev}")
-        elif ev == "update.trial" and ours:
-            once("trial", f"device: v{version} installed, on trial in slot {body.get('slot')}")
-            probation.begin(body)
-        elif ev in ("update.committed", "update.rolled_back") and reply is not None and ours:
-            outcome = body
-            say(f"device: {ev}" + (f" ({body.get('reason')})" if ev == "update.rolled_back" else ""))
+        if msg.topic == f"{prefix}/events" and isinstance(body, dict) and body.get("event") is not None \
+                and on_event(body):
             break
     result = {"reply": reply, "outcome": outcome, "resent_chunks": resent}
     if args.json:

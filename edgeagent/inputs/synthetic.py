@@ -15,10 +15,11 @@ CYCLE = 8
 
 def make_frames(spec: TensorSpec, pattern: str = "gradient", seed: int = 0, n: int = CYCLE) -> list[np.ndarray]:
     shape, dtype = spec.shape, np.dtype(spec.dtype)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed) if pattern == "noise" else None  # numpy.random only when asked for
     frames = []
     for i in range(n):
         if pattern == "noise":
+            assert rng is not None
             real = rng.random(shape, dtype=np.float64)
         else:  # a gradient that moves from frame to frame
             ramp = np.linspace(0.0, 1.0, int(np.prod(shape)), dtype=np.float64).reshape(shape)

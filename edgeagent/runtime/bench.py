@@ -30,6 +30,7 @@ from edgeagent.errors import EdgeAgentError
 from edgeagent.inputs.factory import make_source
 from edgeagent.inputs.synthetic import make_frames
 from edgeagent.runtime.loop import InferenceLoop
+from edgeagent.runtime.stats import percentiles
 
 MIN_FRAMES = 5  # frame periods per round, at least
 _clock = time.monotonic  # the loop stamps its frame ends with this clock too
@@ -53,7 +54,7 @@ class Round:
 def _pcts(ms: list[float]) -> dict:
     if not ms:
         return {"p50": None, "p95": None, "p99": None}
-    p50, p95, p99 = np.percentile(np.asarray(ms), (50, 95, 99))
+    p50, p95, p99 = percentiles(np.asarray(ms), (50, 95, 99))
     return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
 
 

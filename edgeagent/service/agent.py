@@ -135,7 +135,6 @@ class Agent:
         self.daemon_lock.acquire()
         model, self.boot_plan = boot_model(cfg, self.store, self.host, self.notifier, self.events,
                                            stopping=lambda: self._term)
-        self._observe_clock()
         source = ResilientSource(make_source(cfg.input, model.inputs[0]), on_state=self._on_input_state)
         source.open()
         if cfg.output.publish != "none":  # to P/output with a broker, and to local followers always
@@ -153,7 +152,24 @@ class Agent:
             on_frame=self.quality.on_frame if self.quality is not None else None)
         ops.register(self.dispatcher, status=self.status, get_config=lambda: self.config,
                      set_config=self._set_config)
-        from edgeagent.update.manager import UpdateManager  # the updater needs the loop
+        self.loop.on_first_frame = lambda: self._signals.put(_FIRST_FRAME)
+        self.loop.start()
+        self._serving_since = time.monotonic()
+        self._boot_confirmed = False
+        self._start_control_plane()
+        log.info("serving %s v%s from slot %s (%s backend, input %s at %s Hz)",
+                 self.model_info["name"], self.model_info["version"], self.model_info["slot"],
+                 model.backend, cfg.input.source, cfg.input.rate_hz)
+
+    def _start_control_plane(self) -> None:
+        """The rest, built while the inference thread runs its first frame (the loop starts
+        first): the updater (resuming an update under way), the rollout follower, MQTT,
+        telemetry, Prometheus. READY=1 waits for both, so it still means the whole daemon is up:
+        the staging folder made, the metrics port bound, the broker being connected to. The
+        control socket accepts from the start; its commands wait in the dispatcher's queue."""
+        cfg = self.config
+        self._observe_clock()
+        from edgeagent.update.manager import UpdateManager
 
         self.updater = UpdateManager(self.host, self.store, self.events, config=lambda: self.config,
                                      reply_routes=lambda route: self.transport.reply_to(route)
@@ -172,16 +188,9 @@ class Agent:
         if self.outputs is not None:
             self.outputs.start()
         self.metrics = start_metrics(self.config, self, self.events)
-        self.loop.on_first_frame = lambda: self._signals.put(_FIRST_FRAME)
-        self.loop.start()
-        self._serving_since = time.monotonic()
-        self._boot_confirmed = False
         self.updater.resume(self.boot_plan)
         self.follower.start()  # after resume: an update under way is seen as such
         self.reporter.start(self._ready)
-        log.info("serving %s v%s from slot %s (%s backend, input %s at %s Hz)",
-                 self.model_info["name"], self.model_info["version"], self.model_info["slot"],
-                 model.backend, cfg.input.source, cfg.input.rate_hz)
 
     def _on_signal(self, sig: int, _frame: Any) -> None:
         """Queue it (reentrant); a stop also sets a flag the start-up work (checking model.initial) polls."""

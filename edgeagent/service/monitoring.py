@@ -18,7 +18,6 @@ from edgeagent.runtime.quality import QualityMonitor
 from edgeagent.service.host import ServingHost
 from edgeagent.state import reference
 from edgeagent.state.samples import SampleError, SampleStore
-from edgeagent.update.transfer import announce
 
 log = logging.getLogger("edgeagent.quality")
 
@@ -72,6 +71,8 @@ def register_samples(d: Dispatcher, store: SampleStore | None, publish: Callable
             raise CommandError("samples.not_found", str(e)) from None
         if ctx.source != "mqtt" or len(data) <= max_inline or publish is None:
             return {"meta": meta, "data_b64": base64.b64encode(data).decode()}
+        from edgeagent.update.transfer import announce  # a sample over MQTT chunks: rare
+
         ann, chunks = announce(data, sid, max_inline)
         for i, c in enumerate(chunks):
             publish(f"samples/{sid}/{i}", c)

@@ -17,8 +17,6 @@ import subprocess
 import time
 from typing import Any
 
-import psutil
-
 from edgeagent.config import TelemetryConfig
 from edgeagent.telemetry import power as pw
 
@@ -66,9 +64,8 @@ class TelemetryCollector:
         self.vcgencmd = vcgencmd
         self.seq = 0
         self.started = time.monotonic()
-        self._proc = psutil.Process()
-        self.begin_window()
-        self._cores = psutil.cpu_count() or 1
+        self._proc: Any = None  # psutil.Process, with the first window: psutil is imported after READY=1
+        self._cores = os.cpu_count() or 1
         self._last_count: int | None = None
         self._last_t = time.monotonic()
         self._last_energy: float | None = None
@@ -139,11 +136,19 @@ class TelemetryCollector:
     def begin_window(self) -> None:
         """The next sample's CPU figures count from now: called once the model is loaded, so the
         first sample is not the start-up (imports, model load, slot hashing) reported as running cost."""
+        import psutil
+
+        if self._proc is None:
+            self._proc = psutil.Process()
         self._proc.cpu_percent(None)
         psutil.cpu_percent(None)
         self._last_t = time.monotonic()
 
     def collect(self, *, model: dict, inference: dict, extra: dict | None = None) -> dict:
+        import psutil
+
+        if self._proc is None:
+            self.begin_window()
         now = time.monotonic()
         if now - self._discovered > REDISCOVER_S:
             self._discover()

@@ -44,6 +44,7 @@ class MqttClient:
         self._first: queue.Queue = queue.Queue()
         self.client_id = f"{client_prefix}-{secrets.token_hex(4)}"
         self.settled_by_marker = False  # how the last settle() ended (the marker, or quiet)
+        self.connects = 0  # successful connections so far: a caller sees that a reconnect happened
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311)
         try:
@@ -76,6 +77,7 @@ class MqttClient:
         if not getattr(rc, "is_failure", False):
             if self._subs:
                 c.subscribe(list(self._subs))  # a clean session forgot them
+            self.connects += 1
             self._up.set()
         self._first.put(rc)
 

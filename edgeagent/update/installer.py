@@ -31,7 +31,6 @@ from edgeagent.update import health as health_mod
 from edgeagent.update.encryption import Identity
 from edgeagent.update.errors import UpdateRejected
 from edgeagent.update.cancel import NEVER, Cancel
-from edgeagent.update.fetch import fetch_to_staging
 from edgeagent.update.keys import load_trusted_keys
 from edgeagent.update.manifest import Manifest, verify_envelope
 from edgeagent.update.pacing import Pacer
@@ -164,6 +163,8 @@ class Installer:
                 self.emit("update.downloading", version=m.version, percent=p.get("percent"), bytes=p.get("bytes"))
 
             u = self.cfg.update
+            from edgeagent.update.fetch import fetch_to_staging  # http.client and ssl: with the first URL
+
             return fetch_to_staging(src.url, dest=dest, expected_size=m.payload.size,
                                     expected_sha256=m.payload.sha256, max_bytes=u.max_payload_bytes,
                                     progress=prog, stall_s=u.download_stall_s, deadline_s=u.download_deadline_s,

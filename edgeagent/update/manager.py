@@ -15,7 +15,7 @@ import errno
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from edgeagent.config import Config
 from edgeagent.control.dispatcher import DEFERRED, Context, Dispatcher, Request, require
@@ -25,7 +25,6 @@ from edgeagent.state.model import BootPlan
 from edgeagent.state.store import SlotStore
 from edgeagent.update.cancel import Cancel
 from edgeagent.update.errors import UpdateRejected
-from edgeagent.update.installer import Installer
 from edgeagent.update.pending import PendingUpdate
 from edgeagent.update.ports import EventSink, ModelHost, Reply, ReplyRoutes
 from edgeagent.update.probation import terms_for
@@ -34,6 +33,9 @@ from edgeagent.update.staged import StagedUpdates
 from edgeagent.update.staging import Staging
 from edgeagent.update.switch import Switcher
 from edgeagent.update.trial import Trials
+
+if TYPE_CHECKING:
+    from edgeagent.update.installer import Installer
 
 log = logging.getLogger("edgeagent.update")
 
@@ -226,6 +228,8 @@ class UpdateManager:
         try:
             if self.trials.on_trial:
                 raise UpdateRejected("update.busy", "a model is on trial; commit or roll back first")
+            from edgeagent.update.installer import Installer  # with the first update, not at start
+
             inst = Installer(self.cfg, self.store, emit=self.events.emit, progress=self._set_progress,
                              receiver=self.receiver, cancel=cancel, deadline=deadline,
                              rate=lambda: self._config().update.max_bytes_per_s)

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import threading
 from datetime import datetime, timezone
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edgeagent.config import UpdateConfig
 from edgeagent.errors import StateError
@@ -23,11 +23,13 @@ from edgeagent.state.rules import TrialTerms
 from edgeagent.state.store import SlotStore
 from edgeagent.state.timefloor import parse_utc, utcnow
 from edgeagent.update.errors import UpdateRejected
-from edgeagent.update.installer import Installed
-from edgeagent.update.manifest import Manifest
 from edgeagent.update.ports import EventSink
 from edgeagent.update.switch import Switcher
 from edgeagent.update.trial import Trials
+
+if TYPE_CHECKING:  # annotations only: the installer and verifier load with the first update
+    from edgeagent.update.installer import Installed
+    from edgeagent.update.manifest import Manifest
 
 log = logging.getLogger("edgeagent.update")
 

@@ -13,8 +13,6 @@ import threading
 import time
 from typing import Any
 
-import psutil
-
 from edgeagent.state import rules
 from edgeagent.state.model import State
 from edgeagent.state.store import SlotStore
@@ -27,6 +25,8 @@ SWAP_WAIT_S = 10.0
 
 
 def rss_mb() -> float:
+    import psutil  # with the first trial, not at the daemon's start
+
     return round(psutil.Process().memory_info().rss / 2**20, 1)
 
 

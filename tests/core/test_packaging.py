@@ -107,6 +107,7 @@ def _install(root: Path, wheel: Path, *extra: str) -> subprocess.CompletedProces
                           capture_output=True, text=True)
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_install_sh_into_an_empty_directory_builds_a_correct_image(tmp_path, wheel):
     """An image root with nothing in it: users and groups inside it, ownership by its numeric
@@ -176,6 +177,7 @@ def _resolve_in(root: Path, path: str) -> Path:
 HOST_VER = "%d.%d" % sys.version_info[:2]
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_install_sh_into_a_temporary_root_is_idempotent(tmp_path, wheel):
     """The image's own python runs the venv (in a chroot, as the booted image would): the venv

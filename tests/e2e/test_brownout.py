@@ -15,6 +15,8 @@ import signal
 import time
 import uuid
 
+import pytest
+
 from edgeagent.update.keys import generate_keypair
 from tests.e2e.test_update import cli, model, release, trusted
 from tests.support.daemon import Daemon, base_config
@@ -34,6 +36,7 @@ def _cut_starts(tmp_path, cfg, n: int, *, reboot: bool) -> None:
             state.write_text(json.dumps(st))
 
 
+@pytest.mark.long
 def test_power_cuts_do_not_roll_back_a_committed_model(tmp_path, model_path):
     started: list[Daemon] = []
     try:

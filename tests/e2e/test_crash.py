@@ -33,6 +33,7 @@ def _verify_state(state_dir: Path) -> dict:
     return st
 
 
+@pytest.mark.long
 def test_sigkill_at_random_instants_never_bricks(tmp_path, start_daemon, model_path):
     generate_keypair(tmp_path / "k")
     key = str(tmp_path / "k/edgeagent.key")

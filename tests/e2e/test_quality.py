@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgeagent.engine import testmodels
 from edgeagent.engine.model import Model
@@ -27,6 +28,7 @@ def events_of(d) -> list[dict]:
     return d.call("status")["events"]
 
 
+@pytest.mark.long
 def test_a_sensor_offset_that_moves_raises_model_drift_and_clears_when_it_returns(tmp_path, start_daemon,
                                                                                      model_path):
     # 5 s to learn the reference at 400 Hz, 3 normal windows, 5 shifted, 7 normal again

@@ -98,6 +98,7 @@ def supervised(tmp_path, model_path):
         s.stop()
 
 
+@pytest.mark.long
 def test_hang_after_commit_probation_shorter_than_watchdog_rolls_back_after_crash_limit(
         tmp_path, keys, supervised, model_path):
     # probation (0.3 s) ends before the model starts hanging (its 40th invoke, ~0.8 s at 50 Hz)

@@ -26,6 +26,7 @@ def slow_model(tmp_path_factory) -> Path:
     return testmodels.write_model(tmp_path_factory.mktemp("m") / "slow.tflite", spin=1_000_000)
 
 
+@pytest.mark.long
 def test_a_model_slower_than_the_round_still_gets_frames_in_every_round(slow_model):
     r = bench(str(slow_model), "--seconds", "0.2", "--rounds", "2", "--json")
     assert r.returncode == 0, r.stderr

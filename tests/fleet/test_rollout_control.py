@@ -66,6 +66,7 @@ def wait(pred, timeout=60.0, what=""):
         time.sleep(0.2)
 
 
+@pytest.mark.long
 def test_canary_detach_pause_resume(tmp_path, broker, signer, model_path, trio):
     rel = release(tmp_path, signer, model_path, 2)
     url = f"file://{rel['payload']}"  # refused over MQTT: the canary must refuse, and the rollout halt

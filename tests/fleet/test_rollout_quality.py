@@ -62,6 +62,7 @@ def cameras(tmp_path, broker, signer):
             d.stop()
 
 
+@pytest.mark.long
 def test_max_drift_psi_completes_a_model_that_matches_and_halts_one_that_drifts(tmp_path, broker, signer, cameras):
     v1, dark, ds = cameras
     # v2's reference is the scenes the cameras see: its first window matches it

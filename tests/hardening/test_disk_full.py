@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from edgeagent.engine import testmodels
 from edgeagent.update.keys import generate_keypair
 from edgeagent.update.release import make_release
@@ -26,6 +28,7 @@ def _wait(fn, timeout=20.0):
     raise AssertionError("condition not met in time")
 
 
+@pytest.mark.long
 def test_a_full_disk_does_not_keep_a_failing_model_or_end_the_daemon(tmp_path):
     need_root_and_loop()
     disk = Mounted(make_image(tmp_path / "small.img", 8), tmp_path / "m")

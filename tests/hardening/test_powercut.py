@@ -143,8 +143,9 @@ def _check_copy(i: int, tmp: Path, image: Path, cfg_base: dict, acked: int, high
         m.close()
 
 
+@pytest.mark.long
 @pytest.mark.powercut
-def test_power_cuts_during_updates_leave_a_verified_model(tmp_path):
+def test_power_cuts_during_updates_leave_a_verified_model(tmp_path, record_property):
     need_root_and_loop()
     rng = random.Random(int(os.environ.get("POWERCUT_SEED", "0")) or None)
     saved = {k: (VM / k).read_text().strip() for k in HOLD}
@@ -200,9 +201,7 @@ def test_power_cuts_during_updates_leave_a_verified_model(tmp_path):
                 acked_commit = v
             high_water = max(high_water, trial_hw, acked_commit)
             assert time.monotonic() - t0 < 120
-        from tests.conftest import POWERCUT_SUMMARY
-
-        POWERCUT_SUMMARY.append(f"power cuts: {CUTS} of {CUTS} survived (e2fsck, staging corrupted, booted: a "
+        record_property("terminal_summary", f"power cuts: {CUTS} of {CUTS} survived (e2fsck, staging corrupted, booted: a "
                                 f"verified model served, high-water and acknowledged commits kept); last event "
                                 f"before each cut: {dict(sorted(phases.items()))}; the copy served: "
                                 f"{dict(sorted(served.items()))}")

@@ -190,6 +190,7 @@ def test_birth_last_will_and_shutdown(tmp_path, broker, peers, start_daemon):
     assert retained.wait(lambda t, b: t == f"{P}/status")["reason"] == "shutdown"
 
 
+@pytest.mark.long
 def test_broker_outage_of_10_s(tmp_path, broker, peers, start_daemon):
     # reconnect backoff 0-3 s (full jitter): the test's peer, which connects at once after the
     # broker restarts, is subscribed before the daemon flushes its outbox (events are not retained)

@@ -6,12 +6,16 @@ NOTIFY_SOCKET and waits for READY=1. Commands go over the real control socket.
 
 from __future__ import annotations
 
+import atexit
 import copy
+import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,6 +24,19 @@ from typing import Any
 from tests.support import tomlw
 
 REPO = Path(__file__).resolve().parents[2]
+_SEQ = itertools.count(1)
+_SHORT_DIR: list[str] = []
+
+
+def _short_path(path: Path) -> str:
+    """A socket path that fits AF_UNIX's 107 bytes: pytest-xdist's per-worker temporary folders
+    can push a test's own folder past it, so long paths move to one short private folder."""
+    if len(str(path)) <= 100:
+        return str(path)
+    if not _SHORT_DIR:
+        _SHORT_DIR.append(tempfile.mkdtemp(prefix="ea-"))
+        atexit.register(shutil.rmtree, _SHORT_DIR[0], True)
+    return os.path.join(_SHORT_DIR[0], path.name)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -65,7 +82,7 @@ class Daemon:
         return self.cfg["control"]["socket"]
 
     def start(self, wait_ready: bool = True, timeout: float = 60.0, env: dict | None = None) -> "Daemon":
-        notify_path = str(self.tmp / f"notify-{os.getpid()}-{id(self)}.sock")
+        notify_path = _short_path(self.tmp / f"notify-{next(_SEQ)}.sock")
         if os.path.exists(notify_path):
             os.unlink(notify_path)
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
