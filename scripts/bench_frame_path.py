@@ -80,9 +80,10 @@ def measure(path: str, frames: int, rounds: int, threads: int = 0, clock=time.pe
             for _ in range(100):
                 f()
         diffs, bare_us = [], []
-        for _ in range(rounds):
+        for r in range(rounds):
             t = [0.0, 0.0]
-            for i, f in enumerate((bare, agent)):
+            order = ((0, bare), (1, agent)) if r % 2 == 0 else ((1, agent), (0, bare))  # no side always second
+            for i, f in order:
                 t0 = clock()
                 for _ in range(frames):
                     f()

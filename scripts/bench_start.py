@@ -3,6 +3,11 @@
 
     .venv/bin/python scripts/bench_start.py [--runs 10] [--mqtt]
 
+After the runs, one more daemon (a state of its own) takes a signed delta update through the
+control socket (`edgeagent install`, live): its RSS 3 s after READY and 3 s after the update
+committed, for what the first update leaves loaded (the installer, the verifier with
+cryptography, bsdiff4, the health check's parent side).
+
 The floor: a process that does only what serving needs (imports numpy and LiteRT, loads the same
 model, invokes it once on a frame, sends READY=1), started the same way in alternation with the
 daemon. The daemon's RSS is read 3 s after READY (its control plane built), and with --mqtt the
@@ -18,6 +23,7 @@ to compare versions.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -65,6 +71,45 @@ def time_ready(cmd: list[str], sock_path: Path, env: dict) -> tuple[float, subpr
     finally:
         srv.close()
         sock_path.unlink()
+
+
+def rss_after_update(tmp: Path, model: Path, extra: dict) -> tuple[float, float, object]:
+    """RSS of a fresh daemon 3 s after READY, and 3 s after a signed delta update to v2 committed."""
+    import psutil
+
+    from edgeagent.update.keys import generate_keypair
+    from edgeagent.update.release import make_release
+
+    d = tmp / "update-run"
+    d.mkdir()
+    generate_keypair(d / "keys")
+    v2 = testmodels.write_model(d / "v2.tflite", kind="conv", input_shape=(1, 64, 64, 3), seed=2)
+    rel = make_release(keys=[str(d / "keys/edgeagent.key")], target=v2, base=model, model="testmodel", version=2,
+                       out_dir=d / "rel")
+    cfg = write_config(d / "config.toml", base_config(d, model, input={"rate_hz": 30.0},
+                                                      update={"trusted_keys": [str(d / "keys/edgeagent.pub")]}, **extra))
+    sock_path = d / "notify.sock"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    dt, p = time_ready([sys.executable, "-m", "edgeagent", "-c", str(cfg), "run"], sock_path, env)
+    try:
+        time.sleep(3)
+        before = psutil.Process(p.pid).memory_info().rss / 2**20
+        subprocess.run([sys.executable, "-m", "edgeagent", "-c", str(cfg), "install", rel["manifest"]], cwd=REPO,
+                       env=env, capture_output=True, check=True, timeout=120)
+        version = None
+        for _ in range(300):  # committed: v2 active and no trial
+            st = json.loads(subprocess.run([sys.executable, "-m", "edgeagent", "-c", str(cfg), "status", "--json"],
+                                           cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout)
+            version = (st.get("model") or {}).get("version")
+            if version == 2 and not st.get("trial"):
+                break
+            time.sleep(0.2)
+        time.sleep(3)
+        after = psutil.Process(p.pid).memory_info().rss / 2**20
+    finally:
+        p.terminate()
+        p.wait(15)
+    return before, after, version
 
 
 def main() -> int:
@@ -117,6 +162,7 @@ def main() -> int:
             p.wait(15)
             srv.close()
             sock_path.unlink()
+    upd = rss_after_update(tmp, model, extra)
     if broker is not None:
         broker.stop()
     med = statistics.median
@@ -124,6 +170,8 @@ def main() -> int:
           f"max {max(ready_s) * 1e3:.0f}) over {a.runs} starts; the floor process {med(floor_s) * 1e3:.0f} ms "
           f"(ratio {med(ready_s) / med(floor_s):.2f}x)")
     print(f"daemon RSS 3 s after READY: median {med(rss_mb):.1f} MiB{' (with MQTT)' if a.mqtt else ''}")
+    print(f"one daemon: RSS {upd[0]:.1f} MiB 3 s after READY, {upd[1]:.1f} MiB 3 s after a signed delta update "
+          f"committed (v{upd[2]})")
     print(f"edgeagent status: median {med(human_s) * 1e3:.0f} ms; status --json: median {med(json_s) * 1e3:.0f} ms")
     return 0
 
