@@ -14,16 +14,15 @@ import sys
 from edgeagent import __version__
 from edgeagent.errors import EdgeAgentError
 
-# Modules under edgeagent.cli that provide register(subparsers).
-COMMAND_MODULES = ("daemon", "slots", "clock", "output", "samples", "publisher", "top", "push", "fleet", "rollout")
-# The module that registers each command: a command line imports only its own (`run` does not pay
-# for the rollout controller's imports at every start). tests/core/test_cli_table.py holds this
-# table to what each module's register() adds.
+# The module under edgeagent.cli that registers each command (register(subparsers)): a command
+# line imports only its own (`run` does not pay for the rollout controller's imports at every
+# start). tests/core/test_cli_table.py holds this table to what each module's register() adds.
 COMMANDS = {"run": "daemon", "status": "daemon", "bench": "daemon",
             **dict.fromkeys(("slots", "rollback", "commit", "switch", "reset", "install"), "slots"),
             "clock": "clock", "output": "output", "samples": "samples",
             **dict.fromkeys(("keygen", "release", "verify"), "publisher"),
             "top": "top", "push": "push", "fleet": "fleet", "rollout": "rollout"}
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))  # in the order `edgeagent --help` lists them
 
 
 class _Parser(argparse.ArgumentParser):

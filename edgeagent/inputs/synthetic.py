@@ -15,15 +15,14 @@ CYCLE = 8
 
 def make_frames(spec: TensorSpec, pattern: str = "gradient", seed: int = 0, n: int = CYCLE) -> list[np.ndarray]:
     shape, dtype = spec.shape, np.dtype(spec.dtype)
-    rng = np.random.default_rng(seed) if pattern == "noise" else None  # numpy.random only when asked for
+    if pattern == "noise":  # numpy.random is imported only for this pattern
+        rng = np.random.default_rng(seed)
+        reals = [rng.random(shape, dtype=np.float64) for _ in range(n)]
+    else:  # a gradient that moves from frame to frame
+        ramp = np.linspace(0.0, 1.0, int(np.prod(shape)), dtype=np.float64).reshape(shape)
+        reals = [(ramp + i / n) % 1.0 for i in range(n)]
     frames = []
-    for i in range(n):
-        if pattern == "noise":
-            assert rng is not None
-            real = rng.random(shape, dtype=np.float64)
-        else:  # a gradient that moves from frame to frame
-            ramp = np.linspace(0.0, 1.0, int(np.prod(shape)), dtype=np.float64).reshape(shape)
-            real = (ramp + i / n) % 1.0
+    for real in reals:
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
             frames.append((info.min + real * (info.max - info.min)).astype(dtype))
