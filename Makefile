@@ -22,7 +22,7 @@ run: $(VENV)/.installed
 # than cores; a file's tests run on one worker, in order (module fixtures: the fleet, the wheel).
 # compileall first: with PYTHONDONTWRITEBYTECODE set, every daemon and CLI process the tests
 # start would otherwise compile edgeagent from source again.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 5
 test: $(VENV)/.installed
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m compileall -q edgeagent tests scripts

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
-import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeagent.errors import EdgeAgentError, SourceError
-from edgeagent.runtime.stats import LatencyWindow
+from edgeagent.runtime.stats import LatencyWindow, median
 
 log = logging.getLogger("edgeagent.loop")
 
@@ -105,10 +104,9 @@ class Shadow:
         out = {"pairs": self.pairs, "compared": self.compared, "agreed": self.agreed, "errors": self.errors,
                "last_error": self.last_error or None, "ratio": None, "new_p50_ms": None, "old_p50_ms": None}
         if n:
-            # statistics.median, not np.median: numpy's median imports numpy.ma (14 ms, a MiB) on first use
             ratios = [a / max(b, 1e-6) for a, b in zip(new, old)]
-            out.update(ratio=round(statistics.median(ratios), 4), new_p50_ms=round(statistics.median(new), 4),
-                       old_p50_ms=round(statistics.median(old), 4))
+            out.update(ratio=round(median(ratios), 4), new_p50_ms=round(median(new), 4),
+                       old_p50_ms=round(median(old), 4))
         return out
 
 

@@ -48,6 +48,7 @@ EXIT_RESTART = 3
 _RESTART = -1  # queued like a signal
 _FIRST_FRAME = -2  # queued by the inference thread once: READY=1 goes out at the first frame
 CLOCK_FLOOR_EVERY_S = 3600.0
+CONTROL_PLANE_WAIT_S = 0.25  # built after READY=1, or after this long without the first frame
 
 
 class Agent:
@@ -154,19 +155,22 @@ class Agent:
                      set_config=self._set_config)
         self.loop.on_first_frame = lambda: self._signals.put(_FIRST_FRAME)
         self.loop.start()
+        self.metrics = start_metrics(self.config, self, self.events)  # a scrape after `systemctl start` is answered
         self._serving_since = time.monotonic()
         self._boot_confirmed = False
-        self._start_control_plane()
+        self._plane_built = False
         log.info("serving %s v%s from slot %s (%s backend, input %s at %s Hz)",
                  self.model_info["name"], self.model_info["version"], self.model_info["slot"],
                  model.backend, cfg.input.source, cfg.input.rate_hz)
 
     def _start_control_plane(self) -> None:
-        """The rest, built while the inference thread runs its first frame (the loop starts
-        first): the updater (resuming an update under way), the rollout follower, MQTT,
-        telemetry, Prometheus. READY=1 waits for both, so it still means the whole daemon is up:
-        the staging folder made, the metrics port bound, the broker being connected to. The
-        control socket accepts from the start; its commands wait in the dispatcher's queue."""
+        """The rest, built right after READY=1 (the model serves: the loop started first and ran
+        its first frame), or after CONTROL_PLANE_WAIT_S without it (a first invoke that takes
+        long, a model that hangs there: a rollback must still be heard): the updater (resuming an
+        update under way), the rollout follower, MQTT, telemetry. The control socket accepts
+        from the start and its commands wait in the dispatcher's queue meanwhile; Prometheus
+        (when configured) listens before READY=1."""
+        self._plane_built = True
         cfg = self.config
         self._observe_clock()
         from edgeagent.update.manager import UpdateManager
@@ -182,15 +186,14 @@ class Agent:
             updates=self.updater, model_info=lambda: self.host.model_info,
             publish=lambda sub, payload: self.transport.publish(sub, payload, qos=1, retain=True)
             if self.transport is not None else None)
-        self.dispatcher.start()
         if cfg.mqtt.host:
             self._start_transport()
         if self.outputs is not None:
             self.outputs.start()
-        self.metrics = start_metrics(self.config, self, self.events)
         self.updater.resume(self.boot_plan)
         self.follower.start()  # after resume: an update under way is seen as such
         self.reporter.start(self._ready)
+        self.dispatcher.start()  # last: a command is answered once all is up (staging tidied by resume())
 
     def _on_signal(self, sig: int, _frame: Any) -> None:
         """Queue it (reentrant); a stop also sets a flag the start-up work (checking model.initial) polls."""
@@ -280,9 +283,9 @@ class Agent:
         ready = False
         while True:
             # at least every 0.5 s (a quarter of the watchdog period) for supervision, and at
-            # once for a signal or the first frame
+            # once for a signal or the first frame (until the control plane is built: 0.1 s)
             try:
-                sig = self._signals.get(timeout=min(0.5, wd / 4) if wd else 0.5)
+                sig = self._signals.get(timeout=0.1 if not self._plane_built else min(0.5, wd / 4) if wd else 0.5)
             except queue.Empty:
                 sig = None
             if sig in (signal.SIGTERM, signal.SIGINT):
@@ -295,8 +298,12 @@ class Agent:
             if not ready:
                 ready = self._check_ready()
                 if not ready:
+                    if not self._plane_built and time.monotonic() - self._serving_since >= CONTROL_PLANE_WAIT_S:
+                        self._start_control_plane()
                     continue  # no watchdog pings before the model serves
                 self._ready.set()
+                if not self._plane_built:
+                    self._start_control_plane()
             now = time.monotonic()
             # The watchdog is fed only while the inference loop makes progress: a hung loop
             # (stuck invoke, deadlock) stops the pings and systemd restarts us.

@@ -59,9 +59,9 @@ def initial_labels(cfg: Config) -> tuple[str, ...] | None:
 def check_initial(cfg: Config, store: SlotStore, stopping: Callable[[], bool] = lambda: False,
                   names: tuple[str, ...] | None = None) -> None:
     """model.initial seeds an empty state only, and only with a model this device can run: it is
-    loaded and invoked once in the health child first (a file that is no model, or one that crashes
-    the interpreter, is a configuration error, exit 2, and nothing is written). Its labels must fit
-    its output 0 when that is a classifier's."""
+    loaded and invoked once in the health child first, a fork of this process (a file that is no
+    model, or one that crashes the interpreter, is a configuration error, exit 2, and nothing is
+    written). Its labels must fit its output 0 when that is a classifier's."""
     m = cfg.model
     st = store.state()
     empty = st is not None and all(v is None for v in st.slots.values())  # after `edgeagent reset`
@@ -76,7 +76,7 @@ def check_initial(cfg: Config, store: SlotStore, stopping: Callable[[], bool] = 
                                input_std=m.input_std,
                                delegate=spec.to_dict() if (spec := DelegateSpec.of(m.delegate)) is not None else None)
     with tempfile.TemporaryDirectory(prefix="edgeagent-initial-") as work:
-        res = health.check(req, [], timeout_s=cfg.update.health_timeout_s, workdir=Path(work),
+        res = health.check(req, [], timeout_s=cfg.update.health_timeout_s, workdir=Path(work), fork=True,
                            cancel=_UntilStopped(stopping))
     if not res.ok and res.code != "health.nonfinite":  # NaN on an all-zero frame says little
         raise ConfigError("model.initial_invalid", f"model.initial {m.initial}: {res.code}: {res.reason}; "

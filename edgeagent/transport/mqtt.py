@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import paho.mqtt.client as mqtt
+from edgeagent.transport.paho_lean import mqtt
 from edgeagent.config import MqttConfig
 from edgeagent.errors import ConfigError
 from edgeagent.transport import replies

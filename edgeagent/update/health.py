@@ -5,6 +5,8 @@ take the daemon down, so the check runs in a fresh Python process under a memory
 loads the candidate AND the current model and runs them back to back on each of the same real
 recent frames, alternating which goes first: a busy neighbour then slows both halves of a pair,
 and the median of the paired ratios is what is judged. The parent only reads one JSON line back.
+At a first start (model.initial), before any interpreter or inference thread exists, the child
+is a fork of the daemon instead (update/forked.py): numpy is imported already.
 
 The child is a guest on a device that is serving: it takes a lower CPU priority (nice 10,
 SCHED_BATCH) before it imports anything, imports nothing but numpy and the interpreter, and dies
@@ -21,13 +23,11 @@ set, enough of its examples pass.
 from __future__ import annotations
 
 import base64
-import ctypes
 import io
 import json
 import os
 import resource
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,11 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from edgeagent.runtime.stats import median
+from edgeagent.update import forked
 from edgeagent.update.cancel import NEVER, Cancel  # light: threading and the error classes only
 
 DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of data segment for the child
 CHILD_NICE = 10  # the serving loop keeps the CPU it needs while a candidate is checked
-PR_SET_PDEATHSIG = 1
 # The child lowers its priority before it imports anything: the imports (numpy, the interpreter)
 # are most of its CPU time, and ran at the daemon's priority when nice came after them.
 _BOOT = ("import os\n"
@@ -139,8 +140,7 @@ def _paired_invokes(cand: Any, base: Any | None, frames: list[np.ndarray], runs:
 
 
 def _median_ratio(a: list[float], b: list[float]) -> float:
-    # statistics.median, not np.median: numpy's median imports numpy.ma (14 ms, a MiB) on first use
-    return statistics.median(x / max(y, 1e-6) for x, y in zip(a, b))
+    return median(x / max(y, 1e-6) for x, y in zip(a, b))
 
 
 MAX_GOLDEN_EXAMPLES = 10_000
@@ -231,13 +231,13 @@ def run_checks(req: HealthRequest) -> HealthResult:
     except EdgeAgentError as e:
         return HealthResult(False, "health.invoke_failed", e.message, io=sig)
     cand_ms, cand_cpu = [t[0] for t in cand_t], [t[1] for t in cand_t]
-    lat = statistics.median(cand_ms)
+    lat = median(cand_ms)
     if not finite:
         return HealthResult(False, "health.nonfinite", "outputs contain NaN or Inf on real inputs", latency_ms=lat, io=sig)
     res = HealthResult(True, latency_ms=round(lat, 3), frames=len(frames), io=sig)
     if base is not None:
         base_ms, base_cpu = [t[0] for t in base_t], [t[1] for t in base_t]
-        blat = statistics.median(base_ms)
+        blat = median(base_ms)
         res.baseline_ms = round(blat, 3)
         res.factor = round(_median_ratio(cand_ms, base_ms), 3)
         res.cpu_factor = round(_median_ratio(cand_cpu, base_cpu), 3)
@@ -300,9 +300,10 @@ def check_in_process(req: HealthRequest, frames: list[np.ndarray], *, workdir: P
 
 
 def check(req: HealthRequest, frames: list[np.ndarray], *, timeout_s: float, workdir: Path,
-          cancel: Cancel = NEVER) -> HealthResult:
+          cancel: Cancel = NEVER, fork: bool = False) -> HealthResult:
     """Run the checks in a child process; any way the child dies is a failed check. A cancel
-    kills the child at once (update.cancelled)."""
+    kills the child at once (update.cancelled). fork: a fork of this process instead of a fresh
+    Python when no interpreter was ever loaded here (a first start), else a fresh one."""
     if req.delegate and req.delegate.get("exclusive"):
         return check_in_process(req, frames, workdir=workdir, cancel=cancel)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -318,13 +319,16 @@ def check(req: HealthRequest, frames: list[np.ndarray], *, timeout_s: float, wor
             raise
     req = HealthRequest(**{**asdict(req), "frames_file": frames_file})
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            # same session: with autogroup scheduling a new session would be a new group, and
-            # the child's nice would no longer yield to the serving loop
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        if fork and not _interpreter_loaded():
+            proc: Any = forked.ForkedChild(lambda: _run_capped(req), nice=CHILD_NICE)
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, str(os.getpid())],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                # same session: with autogroup scheduling a new session would be a new group, and
+                # the child's nice would no longer yield to the serving loop
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         data: bytes | None = json.dumps(asdict(req)).encode()
         end = t0 + timeout_s
         with cancel.hook(proc.kill):
@@ -358,21 +362,21 @@ def check(req: HealthRequest, frames: list[np.ndarray], *, timeout_s: float, wor
     return res
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL when the daemon dies (even by SIGKILL), so no orphan keeps a core busy."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the parent's timeout still ends us
-        return
-    if os.getppid() != parent:  # the parent died before the prctl
-        os._exit(1)
+def _interpreter_loaded() -> bool:
+    """A fork copies an interpreter's thread pool without its threads: only a process that never
+    loaded one may fork for a check (else the fresh child, as for an update)."""
+    return any(m in sys.modules for m in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"))
 
 
 def _child() -> int:
     if len(sys.argv) > 1:
-        _die_with_parent(int(sys.argv[1]))
-    req = HealthRequest(**json.loads(sys.stdin.read()))
+        forked.die_with_parent(int(sys.argv[1]))
+    sys.stdout.write(_run_capped(HealthRequest(**json.loads(sys.stdin.read()))).decode())
+    sys.stdout.flush()
+    return 0
+
+
+def _run_capped(req: HealthRequest) -> bytes:
     if req.memory_limit:
         # RLIMIT_DATA caps heap and private mappings (Linux >= 4.7): a model that asks for a
         # huge tensor arena fails here instead of pushing the device into the OOM killer.
@@ -383,9 +387,7 @@ def _child() -> int:
         res = run_checks(req)
     except MemoryError:
         res = HealthResult(False, "health.out_of_memory", f"the model needs more than {req.memory_limit >> 20} MiB")
-    sys.stdout.write(json.dumps(res.to_dict()) + "\n")
-    sys.stdout.flush()
-    return 0
+    return (json.dumps(res.to_dict()) + "\n").encode()
 
 
 if __name__ == "__main__":

@@ -69,3 +69,34 @@ def test_a_daemon_pays_for_cryptography_only_when_an_update_comes():
             "generate_keypair(tempfile.mkdtemp()); print('cryptography' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_the_mqtt_transport_leaves_urllib_request_to_its_first_use():
+    """paho imports urllib.request (http.client, email: 2.3 MiB of RSS) only for a proxy lookup
+    it makes with PySocks; the daemon's transport defers it, and it still works when used."""
+    code = ("import sys, edgeagent.transport.mqtt\n"
+            "print(sorted({'http.client', 'email.message'} & set(sys.modules)))\n"
+            "import urllib.request\n"
+            "print(callable(urllib.request.urlopen), 'http.client' in sys.modules)\n"
+            "from edgeagent.update import fetch\n"
+            "print(fetch.urllib.request.Request('http://127.0.0.1/').full_url)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "True True", "http://127.0.0.1/"]
+
+
+def test_the_command_line_keeps_numpy_to_one_blas_thread_unless_told():
+    """A BLAS pool (a thread per core) only spins on the cores the interpreter needs: edgeagent
+    sets OPENBLAS_NUM_THREADS=1 before numpy loads, and a unit's own setting wins."""
+    code = ("import os, sys\n"
+            "from edgeagent.cli import main\n"
+            "try:\n    main.main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "import numpy\n"
+            "print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["1", "1"], out.stdout
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(env, OPENBLAS_NUM_THREADS="2"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.split()[-2] == "2", out.stdout

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from edgeagent.engine import testmodels
+from edgeagent.errors import EdgeAgentError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -136,3 +139,35 @@ def test_control_socket_is_0660_and_a_second_daemon_refuses(start_daemon, tmp_pa
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 1 and "control.in_use" in r.stderr
     assert d.call("ping")["pong"]
+
+
+def test_the_control_plane_does_not_wait_for_a_late_first_frame(start_daemon, tmp_path):
+    """READY=1 waits for the first frame and the control plane is built after it, but not more than
+    a quarter second after the loop started: a daemon whose sensor has not sent a sample yet (or
+    whose model takes long over its first invoke) already answers status, and would hear a
+    rollback."""
+    fifo = tmp_path / "imu.fifo"
+    os.mkfifo(fifo)
+    writer: list[int] = []
+    opener = threading.Thread(target=lambda: writer.append(os.open(fifo, os.O_WRONLY)))
+    opener.start()
+    d = start_daemon(wait_ready=False, input={"source": "sensor", "rate_hz": 50.0,
+                                              "sensor": {"mode": "stream", "stream": str(fifo)}})
+
+    def answered():
+        try:
+            return d.call("status", timeout=5)
+        except (OSError, EdgeAgentError):
+            return None
+
+    deadline = time.monotonic() + 30
+    while (st := answered()) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any("READY=1" in m for m in d.messages), d.messages  # no sample yet: not ready
+    assert st["model"]["version"] == 1 and st["daemon"] == "running"
+    opener.join(10)
+    for _ in range(4):
+        os.write(writer[0], (",".join(["0.5"] * 16) + "\n").encode())
+    d.wait_for("READY=1", 30)
+    assert "(input down)" not in "".join(m for m in d.messages if "READY=1" in m)
+    os.close(writer[0])

@@ -22,20 +22,19 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory) -> Path:
-    """~0.1-0.3 s per invoke: slower than the whole time asked for."""
-    return testmodels.write_model(tmp_path_factory.mktemp("m") / "slow.tflite", spin=1_000_000)
+    """~30-90 ms per invoke: slower than the whole time a round is asked for (20 ms)."""
+    return testmodels.write_model(tmp_path_factory.mktemp("m") / "slow.tflite", spin=300_000)
 
 
-@pytest.mark.long
 def test_a_model_slower_than_the_round_still_gets_frames_in_every_round(slow_model):
-    r = bench(str(slow_model), "--seconds", "0.2", "--rounds", "2", "--json")
+    r = bench(str(slow_model), "--seconds", "0.02", "--rounds", "2", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["frames_per_round"]["raw"] >= 5 and out["frames_per_round"]["agent"] >= 5
-    assert out["seconds"] > 0.2  # it took what the frames needed, not the window asked for
+    assert out["seconds"] > 0.02  # it took what the frames needed, not the window asked for
     o = out["overhead"]
     assert o["min"] <= o["median"] <= o["max"]
-    assert out["raw"]["fps"] > 0 and out["agent"]["fps"] > 0 and out["raw"]["latency_ms"]["p50"] > 50
+    assert out["raw"]["fps"] > 0 and out["agent"]["fps"] > 0 and out["raw"]["latency_ms"]["p50"] > 20
     assert out["threads"] >= 1  # 0 asked: one per core
 
 

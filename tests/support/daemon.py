@@ -82,6 +82,7 @@ class Daemon:
         return self.cfg["control"]["socket"]
 
     def start(self, wait_ready: bool = True, timeout: float = 60.0, env: dict | None = None) -> "Daemon":
+        since = len(self.messages)  # this run's datagrams (a restarted Daemon keeps the last run's)
         notify_path = _short_path(self.tmp / f"notify-{next(_SEQ)}.sock")
         if os.path.exists(notify_path):
             os.unlink(notify_path)
@@ -98,8 +99,9 @@ class Daemon:
             [sys.executable, "-m", "edgeagent", "-c", str(self.config_path), "run"],
             cwd=REPO, env=e, stdout=self._log, stderr=subprocess.STDOUT,
         )
-        if wait_ready:
-            self.wait_for("READY=1", timeout)
+        if wait_ready:  # READY=1, then the control plane (built after it) answers as a user's script sees it
+            self.wait_for("READY=1", timeout, since=since)
+            self.call("status", timeout=timeout)
         return self
 
     def _read_notify(self) -> None:
@@ -118,13 +120,13 @@ class Daemon:
                     self.last_watchdog = time.monotonic()
                 self._cv.notify_all()
 
-    def wait_for(self, needle: str, timeout: float = 30.0) -> str:
-        """Wait for an sd_notify datagram containing `needle`."""
+    def wait_for(self, needle: str, timeout: float = 30.0, since: int = 0) -> str:
+        """Wait for an sd_notify datagram containing `needle` (among those from number `since` on)."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         with self._cv:
             while True:
-                for m in self.messages:
+                for m in self.messages[since:]:
                     if needle in m:
                         return m
                 if self.proc.poll() is not None:
