@@ -3,7 +3,7 @@
 paho 2.x imports urllib.request at module level for one thing: reading an `mqtt_proxy`
 environment variable, which it does only when PySocks is installed (not one of our
 dependencies). urllib.request pulls in http.client and the email package: 2.3 MiB of a daemon's
-RSS on a board with 512 MiB, for nothing. So while paho is imported, sys.modules holds a stand-in
+RSS on a board with 512 MiB, for nothing. So before paho is imported, sys.modules gets a stand-in
 for urllib.request that imports the real module on its first attribute access (the HTTP
 fetcher's first update, or paho's proxy lookup with PySocks) and from then on is a copy of it.
 (importlib.util.LazyLoader cannot do this: an `import` statement reads the lazy module's
