@@ -295,15 +295,12 @@ class Agent:
                 break
             if sig == signal.SIGHUP:
                 log.info("SIGHUP: configuration reload needs a restart; ignoring")
-            if not ready:
-                ready = self._check_ready()
-                if not ready:
-                    if not self._plane_built and time.monotonic() - self._serving_since >= CONTROL_PLANE_WAIT_S:
-                        self._start_control_plane()
-                    continue  # no watchdog pings before the model serves
+            if not ready and (ready := self._check_ready()):
                 self._ready.set()
-                if not self._plane_built:
-                    self._start_control_plane()
+            if not self._plane_built and (ready or time.monotonic() - self._serving_since >= CONTROL_PLANE_WAIT_S):
+                self._start_control_plane()
+            if not ready:
+                continue  # no watchdog pings before the model serves
             now = time.monotonic()
             # The watchdog is fed only while the inference loop makes progress: a hung loop
             # (stuck invoke, deadlock) stops the pings and systemd restarts us.

@@ -80,32 +80,30 @@ class ForkedChild:
                 os._exit(code)
         os.close(out_w)
         os.close(err_w)
-        self._fds = {out_r: bytearray(), err_r: bytearray()}
         self._out, self._err = out_r, err_r
-        self._closed: set[int] = set()
+        self._bufs = {out_r: bytearray(), err_r: bytearray()}
+        self._open = [out_r, err_r]  # until their end of file
         self.returncode: int | None = None
 
     def communicate(self, input: bytes | None = None, timeout: float | None = None) -> tuple[bytes, bytes]:
         """Both pipes to their end, then the exit status; subprocess.TimeoutExpired as Popen."""
         end = None if timeout is None else time.monotonic() + timeout
-        open_fds = [fd for fd in (self._out, self._err) if fd not in self._closed]
-        while open_fds:
+        while self._open:
             left = None if end is None else end - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(["fork"], timeout or 0)
-            ready, _, _ = select.select(open_fds, [], [], left)
+            ready, _, _ = select.select(self._open, [], [], left)
             for fd in ready:
                 chunk = os.read(fd, 65536)
                 if chunk:
-                    self._fds[fd] += chunk
+                    self._bufs[fd] += chunk
                 else:
                     os.close(fd)
-                    self._closed.add(fd)
-                    open_fds.remove(fd)
+                    self._open.remove(fd)
         if self.returncode is None:
             _, status = os.waitpid(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
-        return bytes(self._fds[self._out]), bytes(self._fds[self._err])
+        return bytes(self._bufs[self._out]), bytes(self._bufs[self._err])
 
     def kill(self) -> None:
         if self.returncode is None:
