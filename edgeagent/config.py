@@ -93,6 +93,8 @@ class ModelConfig:
     delegate: DelegateConfig = field(default_factory=lambda: DelegateConfig())  # a library path, or the table
     input_mean: float = 0.0  # float inputs get (x - mean) / std, like TFLite's examples
     input_std: float = _check(lambda v: None if v != 0 else "must not be 0", default=255.0)
+    # outside a trial, frames whose outputs no reader takes are checked for NaN/Inf one in N
+    check_finite_every: int = _check(_range(1, 1000), default=8)
 
 
 @dataclass(frozen=True)

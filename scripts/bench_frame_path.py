@@ -1,23 +1,25 @@
 #!/usr/bin/env python3
 """The per-frame path of the agent's model against a fair bare loop, in one process, interleaved.
 
-    .venv/bin/python scripts/bench_frame_path.py [MODEL ...] [--frames 1000] [--rounds 9]
+    .venv/bin/python scripts/bench_frame_path.py [MODEL ...] [--frames 20000] [--check-finite-every N]
 
 "Fair": the bare loop does the same work the agent must do. For a frame already in the input's
 dtype: set_tensor, invoke, get_tensor of each output. For a uint8 camera frame into a float
 model: the same normalisation ((pixel - mean) / std, as one float32 multiply-add into a buffer
 of its own), then set_tensor, invoke, get_tensor. The agent side is edgeagent.engine.model.Model
 as the loop drives it: preprocess, invoke, the finiteness check (on the interpreter's buffers;
-outputs are copied only when a reader wants them). Rounds of `frames` frames alternate bare and
-agent; the figure is the median over rounds of (agent - bare) per frame. `edgeagent bench` times
-the whole loop (source, stats, stamps) the same way against the bare loop.
+outputs are copied only when a reader wants them), checked every `check_finite_every` frames as
+the loop does outside a trial. Each frame runs both sides back to back, alternating which goes
+first, each timed on its own; the figure is the median of the per-frame differences, with the
+range of the medians of ten consecutive blocks. Pairing single frames cancels this VM's drift,
+which rounds of a thousand frames did not: their differences swung by +-300 us around a 1 ms
+invoke. `edgeagent bench` times the whole loop (source, stats, stamps) against the bare loop.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,11 +31,13 @@ sys.path.insert(0, str(REPO))
 
 from edgeagent.engine.model import Model  # noqa: E402
 
+from edgeagent.runtime.loop import CHECK_FINITE_EVERY  # noqa: E402
+
 SHARED = REPO.parent / "shared/models"
 
 
-def measure(path: str, frames: int, rounds: int, threads: int = 0, clock=time.perf_counter,
-            with_invoke: bool = True) -> dict:
+def measure(path: str, frames: int, threads: int = 0, clock=time.perf_counter_ns,
+            with_invoke: bool = True, check_every: int = CHECK_FINITE_EVERY) -> dict:
     m = Model.load(path, num_threads=threads, input_mean=127.5, input_std=127.5)
     spec = m.inputs[0]
     it = m.interpreter
@@ -55,10 +59,17 @@ def measure(path: str, frames: int, rounds: int, threads: int = 0, clock=time.pe
         for o in outs:
             it.get_tensor(o)
 
+    frame_no = [0]
+
+    def check() -> None:  # as InferenceLoop: frame_no % check_finite_every == 0 and model.nonfinite()
+        frame_no[0] += 1
+        if frame_no[0] % check_every == 0:
+            m.nonfinite()
+
     def agent_float() -> None:
         m.preprocess(x)
         m_invoke()
-        m.nonfinite()
+        check()
 
     def bare_u8() -> None:
         np.multiply(u8, k, out=buf[0], casting="unsafe")
@@ -71,27 +82,34 @@ def measure(path: str, frames: int, rounds: int, threads: int = 0, clock=time.pe
     def agent_u8() -> None:
         m.preprocess(u8)
         m_invoke()
-        m.nonfinite()
+        check()
 
     pairs = [("float", bare_float, agent_float)] + ([("uint8", bare_u8, agent_u8)] if u8 is not None else [])
     out = {"model": Path(path).name}
     for name, bare, agent in pairs:
-        for f in (bare, agent):
-            for _ in range(100):
-                f()
-        diffs, bare_us = [], []
-        for r in range(rounds):
-            t = [0.0, 0.0]
-            order = ((0, bare), (1, agent)) if r % 2 == 0 else ((1, agent), (0, bare))  # no side always second
-            for i, f in order:
+        for _ in range(200):  # warm both paths
+            bare()
+            agent()
+        a, b = np.empty(frames), np.empty(frames)
+        for i in range(frames):  # frame by frame, alternating which side goes first
+            if i & 1:
                 t0 = clock()
-                for _ in range(frames):
-                    f()
-                t[i] = (clock() - t0) / frames * 1e6
-            diffs.append(t[1] - t[0])
-            bare_us.append(t[0])
-        out[name] = {"bare_us": round(statistics.median(bare_us), 1), "agent_minus_bare_us": round(statistics.median(diffs), 2),
-                     "min": round(min(diffs), 2), "max": round(max(diffs), 2)}
+                agent()
+                t1 = clock()
+                bare()
+                t2 = clock()
+                a[i], b[i] = t1 - t0, t2 - t1
+            else:
+                t0 = clock()
+                bare()
+                t1 = clock()
+                agent()
+                t2 = clock()
+                b[i], a[i] = t1 - t0, t2 - t1
+        d = (a - b) / 1e3
+        blocks = [float(np.median(x)) for x in np.array_split(d, 10)]
+        out[name] = {"bare_us": round(float(np.median(b)) / 1e3, 1), "agent_minus_bare_us": round(float(np.median(d)), 2),
+                     "min": round(min(blocks), 2), "max": round(max(blocks), 2)}
     m.close()
     return out
 
@@ -99,8 +117,9 @@ def measure(path: str, frames: int, rounds: int, threads: int = 0, clock=time.pe
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="*")
-    ap.add_argument("--frames", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--frames", type=int, default=20000, help="frames per side and model")
+    ap.add_argument("--check-finite-every", type=int, default=CHECK_FINITE_EVERY,
+                    help=f"the loop's setting outside a trial (input.check_finite_every, default {CHECK_FINITE_EVERY})")
     ap.add_argument("--threads", type=int, default=0, help="interpreter threads (0: one per core)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: this thread's CPU time (time.thread_time), which a busy neighbour or a "
@@ -109,7 +128,7 @@ def main() -> int:
                     help="both sides without the invoke (the same on both): the pipeline's own work, "
                          "without a millisecond of model time and its noise around a few microseconds")
     a = ap.parse_args()
-    clock = time.thread_time if a.clock == "cpu" else time.perf_counter
+    clock = time.thread_time_ns if a.clock == "cpu" else time.perf_counter_ns
     models = a.models or [str(p) for p in (SHARED / "face_detection_short_range.tflite", SHARED / "face_landmark.tflite",
                                            REPO / ".bench-models/iris_landmark.tflite")  # scripts/fetch_bench_models.sh
                           if p.exists()]
@@ -118,13 +137,14 @@ def main() -> int:
 
         models = [str(testmodels.write_model(Path("/tmp/bench-frame-conv.tflite"), kind="conv",
                                              input_shape=(1, 128, 128, 3)))]
-    rows = [measure(p, a.frames, a.rounds, a.threads, clock, with_invoke=not a.no_invoke) for p in models]
+    rows = [measure(p, a.frames, a.threads, clock, with_invoke=not a.no_invoke, check_every=a.check_finite_every)
+            for p in models]
     for r in rows:
         for k in ("float", "uint8"):
             if k in r:
                 v = r[k]
                 print(f"{r['model']:40} {k:6} frames: bare {v['bare_us']:8.1f} us, agent {v['agent_minus_bare_us']:+6.2f} us "
-                      f"per frame (rounds {v['min']:+.2f} to {v['max']:+.2f})")
+                      f"per frame (blocks {v['min']:+.2f} to {v['max']:+.2f})")
     print(json.dumps(rows))
     return 0
 

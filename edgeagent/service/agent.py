@@ -148,6 +148,7 @@ class Agent:
                                                   lambda sub, data: self.transport and self.transport.publish(sub, data, qos=1))
         self.host.loop = InferenceLoop(
             model, source, rate_hz=cfg.input.rate_hz,
+            check_finite_every=cfg.model.check_finite_every,
             on_output=self.outputs.offer if self.outputs is not None else None,
             output_interval_s=1.0 / cfg.output.max_rate_hz if cfg.output.max_rate_hz else 1.0,
             on_frame=self.quality.on_frame if self.quality is not None else None)

@@ -82,7 +82,7 @@ class Trials:
         if tr is not None and loop is not None:
             c = loop.counters.to_dict()
             out.update(elapsed_s=round(time.monotonic() - tr.started, 1), inferences=c["frames"],
-                       errors=c["errors"], nonfinite=c["nonfinite"], invoke_p50_ms=c["invoke_p50_ms"],
+                       errors=c["errors"], nonfinite=c["nonfinite"], checked=c["checked"], invoke_p50_ms=c["invoke_p50_ms"],
                        before=tr.before, stall_limit_s=tr.limits.stall_s,
                        shadow=tr.shadow.summary() if tr.shadow is not None else None)
         return out
@@ -123,7 +123,7 @@ class Trials:
         with self.switcher.lock:
             self.store.begin_trial(slot, terms)
             shadow = self._shadow_for(loop.model, limits)
-            loop.set_shadow(shadow)  # starts with the first frame the new model serves
+            loop.set_trial(True, shadow)  # starts with the first frame the new model serves
             previous = self.switcher.swap(new)
             self.switcher.refresh_model_info()
         if previous is None:
@@ -146,7 +146,7 @@ class Trials:
     def _start(self, slot: str, previous: Any, limits: Limits, before: dict, shadow: Shadow | None = None) -> None:
         if shadow is None and previous is not None:  # resumed after a restart
             shadow = self._shadow_for(previous, limits)
-            self.host.loop.set_shadow(shadow)
+        self.host.loop.set_trial(True, shadow)
         if shadow is None and self._exclusive(previous) and (before or {}).get("invoke_p50_ms"):
             limits = dataclasses.replace(limits, baseline_ms=before["invoke_p50_ms"])
         self._trial = _Trial(slot, previous, limits, shadow, before)
@@ -218,7 +218,7 @@ class Trials:
                 trial.committed = True  # the previous model stays loaded, the judge goes on
             else:
                 self._trial = None
-                self.host.loop.set_shadow(None)
+                self.host.loop.set_trial(False)
             self.switcher.refresh_model_info()
         if not watching and trial.previous is not None:
             trial.previous.close()
@@ -236,7 +236,7 @@ class Trials:
             if self._trial is not trial:
                 return
             self._trial = None
-            self.host.loop.set_shadow(None)
+            self.host.loop.set_trial(False)
         if trial.previous is not None:
             trial.previous.close()
         log.info("v%s: the probation it was committed ahead of has passed", self.host.model_info.get("version"))
@@ -265,7 +265,7 @@ class Trials:
                 persisted = False
                 log.error("rollback of v%s not written (%s): swapping back in memory", bad_version, e.strerror or e)
                 rules.apply_rollback(st, rules.rollback_target(st), reason, mark_bad=mark_bad)
-            loop.set_shadow(None)
+            loop.set_trial(False)
             failed = self.switcher.swap(previous, trial.limits.stall_s)
             self._trial = None
             self.switcher.refresh_model_info(st)

@@ -53,6 +53,7 @@ def test_example_documents_every_key_with_its_default(tmp_path):
     [
         ("[model]\nnum_threads = \"four\"", "model.num_threads: expected an integer"),
         ("[model]\nbackend = \"cuda\"", "model.backend: must be one of"),
+        ("[model]\ncheck_finite_every = 0", "model.check_finite_every: must be between"),
         ("[mqtt]\nport = 70000", "mqtt.port: must be between"),
         ("[mqtt]\nprotocl = \"5\"", "mqtt.protocl: unknown key"),
         ("[bogus]\nx = 1", "bogus: unknown key"),

@@ -154,6 +154,8 @@ def test_rollback_command_while_the_loop_is_hung(tmp_path, keys, supervised, mod
         return a == b and a > 30
 
     wait_until(hung, timeout=10, step=0.01)
+    t = d.call("status")["trial"]
+    assert t["checked"] == t["inferences"]  # a trial checks every frame for NaN/Inf, not one in 8
     r = d.call("rollback")  # persisted first; the loop cannot take the swap, so the daemon restarts
     assert r["slot"] == "a" and r["version"] == 1 and r["restarting"] is True
     assert state(tmp_path)["active"] == "a"
