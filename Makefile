@@ -11,7 +11,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[test,camera,images]'
-	# the journald/sd_notify library is optional: build it where libsystemd-dev is present
+	# the journald library (systemd-python) is optional: build it where libsystemd-dev is present
 	if pkg-config --exists libsystemd 2>/dev/null; then $(BIN)/pip install -q -e '.[systemd]'; fi
 	touch $@
 

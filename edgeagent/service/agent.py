@@ -38,7 +38,6 @@ from edgeagent.service.reporter import Reporter
 from edgeagent.service.sdnotify import Notifier
 from edgeagent.state.lock import DaemonLock
 from edgeagent.state.store import SlotStore
-from edgeagent.telemetry.collector import TelemetryCollector
 
 log = logging.getLogger("edgeagent")
 
@@ -72,7 +71,6 @@ class Agent:
         self.discovery: Any = None
         self.quality: Any = None  # runtime.quality.QualityMonitor, with [monitor] enabled
         self.capture: Any = None  # runtime.capture.SampleCapture, with [monitor] capture (opt-in)
-        self.telemetry = TelemetryCollector(cfg.telemetry, cfg.device_id)
         # SimpleQueue: its put is reentrant. A signal handler runs between two bytecodes of the
         # main thread, possibly inside Queue.get while it holds the queue's lock, and a
         # queue.Queue.put there deadlocks: the daemon then ignores SIGTERM until systemd kills it.
@@ -80,7 +78,7 @@ class Agent:
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._term = False  # SIGTERM/SIGINT arrived (set by the signal handler)
-        self.reporter = Reporter(config=lambda: self.config, collector=self.telemetry, host=self.host,
+        self.reporter = Reporter(config=lambda: self.config, collector=lambda: _collector(cfg), host=self.host,
                                  notifier=self.notifier, transport=lambda: self.transport,
                                  outputs=lambda: self.outputs, metrics=lambda: self.metrics,
                                  discovery=lambda: self.discovery, quality=lambda: self.quality,
@@ -108,7 +106,7 @@ class Agent:
         return self.transport
 
     def thermal_zones(self) -> list[str]:
-        return [z for z, _ in getattr(getattr(self.telemetry, "thermal", None), "zones", [])]
+        return [z for z, _ in getattr(getattr(self.reporter.collector(), "thermal", None), "zones", [])]
 
     def update_progress(self) -> dict | None:
         return self.updater.progress() if self.updater is not None else None
@@ -377,6 +375,12 @@ class Agent:
         self.config = new
         if key == "input.rate_hz" and self.loop is not None:
             self.loop.set_rate(new.input.rate_hz)
+
+
+def _collector(cfg: Config) -> Any:
+    from edgeagent.telemetry.collector import TelemetryCollector
+
+    return TelemetryCollector(cfg.telemetry, cfg.device_id)
 
 
 def run_daemon(cfg: Config) -> int:

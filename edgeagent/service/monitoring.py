@@ -7,17 +7,19 @@ from __future__ import annotations
 import base64
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from edgeagent.config import Config
 from edgeagent.control.dispatcher import Dispatcher, require
 from edgeagent.errors import CommandError
-from edgeagent.runtime.capture import SampleCapture
 from edgeagent.events import EventBus
-from edgeagent.runtime.quality import QualityMonitor
 from edgeagent.service.host import ServingHost
 from edgeagent.state import reference
-from edgeagent.state.samples import SampleError, SampleStore
+
+if TYPE_CHECKING:  # the monitor's modules are imported only with [monitor] enabled
+    from edgeagent.runtime.capture import SampleCapture
+    from edgeagent.runtime.quality import QualityMonitor
+    from edgeagent.state.samples import SampleStore
 
 log = logging.getLogger("edgeagent.quality")
 
@@ -26,6 +28,9 @@ def make_capture(cfg: Config, host: ServingHost) -> SampleCapture | None:
     m = cfg.monitor
     if not m.enabled or m.capture == "none":
         return None
+    from edgeagent.runtime.capture import SampleCapture
+    from edgeagent.state.samples import SampleStore
+
     store = SampleStore(Path(cfg.state_dir) / "samples", m.capture_max_bytes)
     return SampleCapture(store, min_interval_s=m.capture_min_interval_s, version=lambda: host.model_info.get("version"))
 
@@ -35,6 +40,7 @@ def make_monitor(cfg: Config, host: ServingHost, events: EventBus,
     m = cfg.monitor
     if not m.enabled:
         return None
+    from edgeagent.runtime.quality import QualityMonitor
 
     def emit(name: str, **fields: Any) -> None:
         events.emit(name, version=host.model_info.get("version"), **fields)
@@ -64,6 +70,8 @@ def register_samples(d: Dispatcher, store: SampleStore | None, publish: Callable
         return {"samples": s.list(), "bytes": s.total_bytes(), "max_bytes": s.max_bytes}
 
     def get(args: dict, ctx: Any) -> dict:
+        from edgeagent.state.samples import SampleError
+
         sid = require(args, "id", str)
         try:
             meta, data = need().get(sid)

@@ -11,24 +11,30 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from edgeagent.config import Config
 from edgeagent.service.host import ServingHost
 from edgeagent.service.sdnotify import Notifier
-from edgeagent.telemetry.collector import TelemetryCollector
 from edgeagent.telemetry.figures import figures_line
+
+if TYPE_CHECKING:
+    from edgeagent.telemetry.collector import TelemetryCollector
 
 log = logging.getLogger("edgeagent")
 
 
 class Reporter:
-    def __init__(self, *, config: Callable[[], Config], collector: TelemetryCollector, host: ServingHost,
+    def __init__(self, *, config: Callable[[], Config], collector: Callable[[], TelemetryCollector], host: ServingHost,
                  notifier: Notifier, transport: Callable[[], Any], outputs: Callable[[], Any],
                  metrics: Callable[[], Any], discovery: Callable[[], Any],
                  quality: Callable[[], Any] = lambda: None, update_bytes: Callable[[], int] = lambda: 0) -> None:
         self._config = config
-        self._collector = collector
+        # built by the telemetry thread after READY=1: its imports (glob, subprocess) and the
+        # discovery of hwmon, thermal and power files are not on the way to the first frame
+        self._make_collector = collector
+        self._collector: TelemetryCollector | None = None
+        self._collector_lock = threading.Lock()
         self._host = host
         self._notifier = notifier
         self._transport, self._outputs, self._metrics, self._discovery = transport, outputs, metrics, discovery
@@ -39,6 +45,13 @@ class Reporter:
         self._refresh_at: float | None = None  # a sample soon: the served model changed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def collector(self) -> TelemetryCollector:
+        """The collector, built by the first caller (the telemetry thread right after READY=1)."""
+        with self._collector_lock:
+            if self._collector is None:
+                self._collector = self._make_collector()
+            return self._collector
 
     def start(self, ready: threading.Event) -> None:
         self._thread = threading.Thread(target=self._run, args=(ready,), name="telemetry", daemon=True)
@@ -87,7 +100,7 @@ class Reporter:
         dlg = getattr(loop.model, "delegate", None)
         if dlg:  # the accelerator the model runs on, or that it fell back to the CPU
             model["delegate"] = {"name": dlg["name"], "state": dlg["state"]}
-        payload = self._collector.collect(model=model,
+        payload = self.collector().collect(model=model,
                                           inference=loop.snapshot(), extra=extra or None)
         self.last = payload
         if tr is not None:
@@ -101,7 +114,7 @@ class Reporter:
                 return
         # the first window starts at READY and lasts up to half a second: its CPU share is the
         # serving cost, not the start-up (imports, model load, slot hashing)
-        self._collector.begin_window()
+        self.collector().begin_window()
         next_tel = time.monotonic() + min(0.5, self._config().telemetry.interval_s)
         next_line = next_tel + self._config().telemetry.interval_s
         while not self._stop.is_set():

@@ -1,10 +1,14 @@
-"""sd_notify without a hard dependency on systemd-python.
+"""sd_notify over a non-blocking datagram socket.
 
 Like gunicorn's systemd.py: outside systemd (no NOTIFY_SOCKET) every call does nothing, and no
 call ever raises - a notification is advice to the service manager, never a reason to crash the
-daemon. With systemd-python installed we use its ``daemon.notify``; otherwise we speak the
-protocol ourselves: one datagram of newline-separated ``KEY=VALUE`` lines to the AF_UNIX socket
-named by $NOTIFY_SOCKET (a leading '@' means the abstract namespace).
+daemon. The protocol is one datagram of newline-separated ``KEY=VALUE`` lines to the AF_UNIX
+socket named by $NOTIFY_SOCKET (a leading '@' means the abstract namespace).
+
+Not systemd-python's ``daemon.notify``, even where the [systemd] extra is installed (it is there
+for journald logging): that call blocks in sendmsg with the GIL held when the manager's queue is
+full, which froze every thread of the daemon, the inference loop included. Here a notification
+that does not fit is dropped: the next STATUS or WATCHDOG=1 follows within seconds.
 """
 
 from __future__ import annotations
@@ -15,17 +19,11 @@ import socket
 
 log = logging.getLogger("edgeagent.sdnotify")
 
-try:  # optional extra: edgeagent[systemd]
-    from systemd import daemon as _sd_daemon  # type: ignore
-except Exception:  # noqa: BLE001 - any import problem means "not available"
-    _sd_daemon = None
-
 
 class Notifier:
-    def __init__(self, env: dict | None = None, use_library: bool = True) -> None:
+    def __init__(self, env: dict | None = None) -> None:
         env = os.environ if env is None else env
         self._addr = env.get("NOTIFY_SOCKET") or ""
-        self._lib = _sd_daemon if (use_library and self._addr) else None
         self._sock: socket.socket | None = None
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
@@ -43,8 +41,6 @@ class Notifier:
             return False
         msg = "\n".join(f"{k}={v}" for k, v in fields.items())
         try:
-            if self._lib is not None:
-                return bool(self._lib.notify(msg))
             if self._sock is None:
                 # non-blocking: a service manager that does not read must not stall the daemon
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)

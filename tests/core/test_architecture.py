@@ -71,6 +71,18 @@ def test_a_daemon_pays_for_cryptography_only_when_an_update_comes():
     assert out.stdout.strip() == "True", out.stderr
 
 
+def test_the_way_to_the_first_frame_leaves_telemetry_quality_and_sd_notify_libraries_out():
+    """What the agent module imports (all of it is on the way to READY=1) holds no telemetry
+    collector (glob, subprocess, the hardware discovery it runs), no quality monitor or sample
+    store unless [monitor] asks, and not systemd-python (sd_notify is our own socket)."""
+    code = ("import sys, edgeagent.service.agent\n"
+            "print(sorted({'edgeagent.telemetry.collector', 'edgeagent.runtime.quality', 'edgeagent.runtime.capture', "
+            "'edgeagent.state.samples', 'subprocess', 'glob', 'systemd'} & set(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_mqtt_transport_leaves_urllib_request_to_its_first_use():
     """paho imports urllib.request (http.client, email: 2.3 MiB of RSS) only for a proxy lookup
     it makes with PySocks; the daemon's transport defers it, and it still works when used."""
