@@ -90,22 +90,19 @@ def measure(path: str, frames: int, threads: int = 0, clock=time.perf_counter_ns
         for _ in range(200):  # warm both paths
             bare()
             agent()
+        def back_to_back(first, second) -> tuple[int, int]:
+            t0 = clock()
+            first()
+            t1 = clock()
+            second()
+            return t1 - t0, clock() - t1
+
         a, b = np.empty(frames), np.empty(frames)
         for i in range(frames):  # frame by frame, alternating which side goes first
             if i & 1:
-                t0 = clock()
-                agent()
-                t1 = clock()
-                bare()
-                t2 = clock()
-                a[i], b[i] = t1 - t0, t2 - t1
+                a[i], b[i] = back_to_back(agent, bare)
             else:
-                t0 = clock()
-                bare()
-                t1 = clock()
-                agent()
-                t2 = clock()
-                b[i], a[i] = t1 - t0, t2 - t1
+                b[i], a[i] = back_to_back(bare, agent)
         d = (a - b) / 1e3
         blocks = [float(np.median(x)) for x in np.array_split(d, 10)]
         out[name] = {"bare_us": round(float(np.median(b)) / 1e3, 1), "agent_minus_bare_us": round(float(np.median(d)), 2),

@@ -294,11 +294,11 @@ class InferenceLoop:
                     shadow_dt = _perf() - ts  # not part of the served frame's postprocess
                 self.in_model_since = 0.0
                 frame_no += 1
-                if (frame_no % self._finite_every == 0 or self.on_trial or self._outputs_read(outs)):
-                    counters.checked += 1
-                    if model.nonfinite():
-                        counters.nonfinite += 1
-                        self.errors += 1
+                # a trial's verdict counts every frame; outputs a reader takes are checked too
+                checked = (frame_no % self._finite_every == 0 or self.on_trial or outs is not None
+                           or self.on_frame is not None)
+                if checked:
+                    self._check_finite(model, counters)
             except SourceError as e:  # a frame that cannot be adapted: bad input data
                 self.in_model_since = 0.0
                 self.input_errors += 1
@@ -342,6 +342,8 @@ class InferenceLoop:
             if self._on_output is not None and now - self._output_at >= self._output_every:
                 self._output_at = now
                 try:
+                    if not checked:  # outputs that go out are checked, whatever the sampling
+                        self._check_finite(model, counters)
                     self._on_output(model, outs if outs is not None else model.outputs_view())
                 except Exception:  # noqa: BLE001
                     log.exception("output hook failed")
@@ -356,10 +358,11 @@ class InferenceLoop:
             else:
                 next_t = now
 
-    def _outputs_read(self, outs: list | None) -> bool:
-        """Whether this frame's outputs go to a reader (checked then, whatever the sampling)."""
-        return outs is not None or self.on_frame is not None or (
-            self._on_output is not None and time.monotonic() - self._output_at >= self._output_every)
+    def _check_finite(self, model: Any, counters: ModelCounters) -> None:
+        counters.checked += 1
+        if model.nonfinite():
+            counters.nonfinite += 1
+            self.errors += 1
 
     @staticmethod
     def _shadow_invoke(shadow: Shadow, frame: np.ndarray) -> float | None:

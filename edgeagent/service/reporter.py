@@ -25,8 +25,8 @@ log = logging.getLogger("edgeagent")
 
 
 class Reporter:
-    def __init__(self, *, config: Callable[[], Config], collector: Callable[[], TelemetryCollector], host: ServingHost,
-                 notifier: Notifier, transport: Callable[[], Any], outputs: Callable[[], Any],
+    def __init__(self, *, config: Callable[[], Config], collector: Callable[[], TelemetryCollector],
+                 host: ServingHost, notifier: Notifier, transport: Callable[[], Any], outputs: Callable[[], Any],
                  metrics: Callable[[], Any], discovery: Callable[[], Any],
                  quality: Callable[[], Any] = lambda: None, update_bytes: Callable[[], int] = lambda: 0) -> None:
         self._config = config
@@ -100,8 +100,7 @@ class Reporter:
         dlg = getattr(loop.model, "delegate", None)
         if dlg:  # the accelerator the model runs on, or that it fell back to the CPU
             model["delegate"] = {"name": dlg["name"], "state": dlg["state"]}
-        payload = self.collector().collect(model=model,
-                                          inference=loop.snapshot(), extra=extra or None)
+        payload = self.collector().collect(model=model, inference=loop.snapshot(), extra=extra or None)
         self.last = payload
         if tr is not None:
             tr.publish_telemetry(payload)

@@ -82,7 +82,8 @@ class Trials:
         if tr is not None and loop is not None:
             c = loop.counters.to_dict()
             out.update(elapsed_s=round(time.monotonic() - tr.started, 1), inferences=c["frames"],
-                       errors=c["errors"], nonfinite=c["nonfinite"], checked=c["checked"], invoke_p50_ms=c["invoke_p50_ms"],
+                       errors=c["errors"], nonfinite=c["nonfinite"], checked=c["checked"],
+                       invoke_p50_ms=c["invoke_p50_ms"],
                        before=tr.before, stall_limit_s=tr.limits.stall_s,
                        shadow=tr.shadow.summary() if tr.shadow is not None else None)
         return out
@@ -146,7 +147,7 @@ class Trials:
     def _start(self, slot: str, previous: Any, limits: Limits, before: dict, shadow: Shadow | None = None) -> None:
         if shadow is None and previous is not None:  # resumed after a restart
             shadow = self._shadow_for(previous, limits)
-        self.host.loop.set_trial(True, shadow)
+        self.host.loop.set_trial(True, shadow)  # again after a switch_to: the same shadow
         if shadow is None and self._exclusive(previous) and (before or {}).get("invoke_p50_ms"):
             limits = dataclasses.replace(limits, baseline_ms=before["invoke_p50_ms"])
         self._trial = _Trial(slot, previous, limits, shadow, before)

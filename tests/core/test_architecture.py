@@ -55,20 +55,24 @@ def test_no_part_takes_the_whole_agent():
     assert offenders == []
 
 
+def _python(code: str) -> str:
+    """What a fresh interpreter in the checkout prints running `code`."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_a_daemon_pays_for_cryptography_only_when_an_update_comes():
     """Everything a running daemon imports (service, updater, follower, MQTT) leaves cryptography
     (about 6.5 MiB of RSS) to the first signature it checks; pyrage to the first encrypted payload."""
     code = ("import sys, edgeagent.service.agent, edgeagent.update.manager, edgeagent.fleet.follower, "
             "edgeagent.transport.mqtt, edgeagent.update.installer; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'cryptography', 'pyrage'}))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert _python(code).strip() == "[]"
     # and a signature check still finds it
     code = ("import sys; from edgeagent.update.keys import generate_keypair; import tempfile; "
             "generate_keypair(tempfile.mkdtemp()); print('cryptography' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "True", out.stderr
+    assert _python(code).strip() == "True"
 
 
 def test_the_way_to_the_first_frame_leaves_telemetry_quality_and_sd_notify_libraries_out():
@@ -78,9 +82,7 @@ def test_the_way_to_the_first_frame_leaves_telemetry_quality_and_sd_notify_libra
     code = ("import sys, edgeagent.service.agent\n"
             "print(sorted({'edgeagent.telemetry.collector', 'edgeagent.runtime.quality', 'edgeagent.runtime.capture', "
             "'edgeagent.state.samples', 'subprocess', 'glob', 'systemd'} & set(sys.modules)))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert _python(code).strip() == "[]"
 
 
 def test_the_mqtt_transport_leaves_urllib_request_to_its_first_use():
@@ -92,9 +94,7 @@ def test_the_mqtt_transport_leaves_urllib_request_to_its_first_use():
             "print(callable(urllib.request.urlopen), 'http.client' in sys.modules)\n"
             "from edgeagent.update import fetch\n"
             "print(fetch.urllib.request.Request('http://127.0.0.1/').full_url)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["[]", "True True", "http://127.0.0.1/"]
+    assert _python(code).splitlines() == ["[]", "True True", "http://127.0.0.1/"]
 
 
 def test_the_command_line_keeps_numpy_to_one_blas_thread_unless_told():
