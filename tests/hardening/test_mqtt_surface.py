@@ -76,7 +76,7 @@ def test_config_set_refuses_values_that_would_stop_the_device(key, value, start_
     with pytest.raises(EdgeAgentError) as e:
         d.call("config.set", {"key": key, "value": value})
     assert e.value.code == "config.invalid", e.value
-    assert d.call("config.get", {"key": key})["value"] == (0.2 if key.startswith("tel") else 50.0)
+    assert d.call("config.get", {"key": key})["value"] == (0.2 if key.startswith("tel") else d.cfg["input"]["rate_hz"])
     deadline = time.monotonic() + 10
     while d.call("status")["telemetry"] is None and time.monotonic() < deadline:
         time.sleep(0.1)

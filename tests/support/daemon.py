@@ -53,7 +53,7 @@ def base_config(tmp: Path, model_file: Path, **over: Any) -> dict:
     cfg = {
         "device": {"id": "test-dev"},
         "model": {"name": "testmodel", "state_dir": str(tmp / "state"), "initial": str(model_file)},
-        "input": {"source": "synthetic", "rate_hz": 50.0},
+        "input": {"source": "synthetic", "rate_hz": 20.0},  # 1.2% of a core idle, 2.5% at 50 Hz
         "telemetry": {"interval_s": 0.5, "sysfs_root": str(tmp / "nosys"), "power_profile": "none"},
         "control": {"socket": str(tmp / "control.sock")},
         "update": {"probation_s": 1.0, "min_inferences": 5},
