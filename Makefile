@@ -26,11 +26,16 @@ run: $(VENV)/.installed
 # pytest-xdist: most of a test's time is spent waiting on daemons and brokers, so more workers
 # than cores; a file's tests run on one worker, in order (module fixtures: the fleet, the wheel).
 # compileall first: with PYTHONDONTWRITEBYTECODE set, every daemon and CLI process the tests
-# start would otherwise compile edgeagent from source again.
+# start would otherwise compile edgeagent from source again. Then one collection with bytecode
+# allowed: pytest caches its assertion-rewritten test modules only then, and without that cache
+# each pytest process (the workers and the controller) rewrote them all again (5 s of CPU each,
+# 2 s with it).
 TEST_WORKERS ?= 5
 test: $(VENV)/.installed
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m compileall -q edgeagent tests scripts
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -p no:cacheprovider --collect-only > $(VENV)/collect.log \
+		|| (cat $(VENV)/collect.log; exit 1)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 demo: $(VENV)/.installed
