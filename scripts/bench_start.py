@@ -10,16 +10,17 @@ cryptography, bsdiff4, the health check's parent side).
 
 The floor: a process that does only what serving needs (imports numpy and LiteRT, loads the same
 model, invokes it once on a frame, sends READY=1), started the same way in alternation with the
-daemon, with one OpenBLAS thread as edgeagent sets for itself. The daemon's RSS is read 3 s after READY (its control plane built), and with --mqtt the
-daemon connects to a private mosquitto (paho, TLS library and all).
+daemon, with one OpenBLAS thread as edgeagent sets for itself. The daemon's RSS is read 3 s
+after READY (its control plane built), and with --mqtt the daemon connects to a private
+mosquitto (paho, TLS library and all).
 
 The first run is a first start (an empty state: model.initial is checked in the health child,
 then seeded); the median is over the others, and --first-starts more first starts, each in a
 state of its own, are timed after them. Each run starts the real daemon (synthetic input at
-30 Hz, a small conv model) with a
-NOTIFY_SOCKET of our own and times READY=1 from the exec (READY used to wait for the main loop's
-next 50 ms poll after the first frame; now the inference thread wakes it). Then `edgeagent
-status` and `status --json` run once against each started daemon. Run it from another checkout
+30 Hz, a small conv model) with a NOTIFY_SOCKET of our own and times READY=1 from the exec
+(READY used to wait for the main loop's next 50 ms poll after the first frame; now the
+inference thread wakes it). Then `edgeagent status` and `status --json` run once against each
+started daemon. Run it from another checkout
 to compare versions.
 """
 

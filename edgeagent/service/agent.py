@@ -279,12 +279,11 @@ class Agent:
         self.start()
         assert self.loop is not None
         wd = self.notifier.watchdog_s
+        supervise_s = min(0.5, wd / 4) if wd else 0.5  # a quarter of the watchdog period, 0.5 s at most
         ready = False
         while True:
-            # at least every 0.5 s (a quarter of the watchdog period) for supervision, and at
-            # once for a signal or the first frame (until the control plane is built: 0.1 s)
-            try:
-                sig = self._signals.get(timeout=0.1 if not self._plane_built else min(0.5, wd / 4) if wd else 0.5)
+            try:  # at once for a signal or the first frame; every 0.1 s until the control plane is built
+                sig = self._signals.get(timeout=supervise_s if self._plane_built else 0.1)
             except queue.Empty:
                 sig = None
             if sig in (signal.SIGTERM, signal.SIGINT):
