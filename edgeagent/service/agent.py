@@ -12,6 +12,7 @@ gets only the interface it uses (the updater a ModelHost, the follower an update
 from __future__ import annotations
 
 import faulthandler
+import gc
 import logging
 import os
 import queue
@@ -41,9 +42,8 @@ from edgeagent.state.store import SlotStore
 
 log = logging.getLogger("edgeagent")
 
-# Exit status when the daemon must restart to leave a stuck interpreter (state already persisted).
-# Not 0 (Restart=on-failure restarts it) and not 2 (configuration errors, which a restart cannot fix).
-EXIT_RESTART = 3
+# A restart out of a stuck interpreter (state persisted): not 0, which Restart=on-failure
+EXIT_RESTART = 3  # would not restart, and not 2, a configuration error a restart cannot fix
 _RESTART = -1  # queued like a signal
 _FIRST_FRAME = -2  # queued by the inference thread once: READY=1 goes out at the first frame
 CLOCK_FLOOR_EVERY_S = 3600.0
@@ -170,6 +170,7 @@ class Agent:
         from the start and its commands wait in the dispatcher's queue meanwhile; Prometheus
         (when configured) listens before READY=1."""
         self._plane_built = True
+        gc.enable()  # start-up ran without the cyclic GC (cli/main.py): its objects all live on
         cfg = self.config
         self._observe_clock()
         from edgeagent.update.manager import UpdateManager
