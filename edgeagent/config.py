@@ -7,8 +7,6 @@ The schema is the dataclasses themselves (types + a ``check`` in field metadata)
 ``config.get`` and the docs cannot drift apart.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import os
 import re
@@ -23,6 +21,7 @@ from typing import Any
 from edgeagent.state.schedule import check_windows
 from edgeagent.configcheck import Check, _check, _listen, _min, _one_of, _range, _rate  # noqa: F401
 from edgeagent.errors import ConfigError
+from edgeagent.record import Record
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,21 +34,25 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _TOPIC_BAD = re.compile(r"[#+\x00]")
 
 
-@dataclass(frozen=True)
-class DeviceConfig:
+
+@dataclass(frozen=True, eq=False, repr=False)
+class DeviceConfig(Record):
+    """[device]: who this device is to the fleet (its topic prefix, the rollout groups it joins)."""
     id: str = ""  # empty = hostname
     groups: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class TlsConfig:
+@dataclass(frozen=True, eq=False, repr=False)
+class TlsConfig(Record):
+    """[mqtt.tls]: files, not inline PEM, so a key can stay readable by the service user only."""
     ca: str = ""
     cert: str = ""
     key: str = ""
 
 
-@dataclass(frozen=True)
-class MqttConfig:
+@dataclass(frozen=True, eq=False, repr=False)
+class MqttConfig(Record):
+    """[mqtt]: the broker link; without a host the daemon serves standalone (the control socket still drives it)."""
     host: str = ""  # empty = MQTT disabled (the daemon runs standalone)
     port: int = _check(_range(1, 65535), default=1883)
     protocol: str = _check(_one_of("5", "3.1.1"), default="5")
@@ -58,10 +61,8 @@ class MqttConfig:
     username: str = ""
     password_file: str = ""
     keepalive: int = _check(_range(5, 3600), default=30)
-    topic_prefix: str = _check(
-        lambda v: "must not contain '#', '+' or NUL" if _TOPIC_BAD.search(v) else None,
-        default="edgeagent/{device_id}",
-    )
+    topic_prefix: str = _check(lambda v: "must not contain '#', '+' or NUL" if _TOPIC_BAD.search(v) else None,
+                               default="edgeagent/{device_id}")
     qos: int = _check(_range(0, 2), default=1)
     max_queued: int = _check(_min(1), default=1000)
     reconnect_min_s: float = _check(_min(0.05), default=1.0)
@@ -69,8 +70,9 @@ class MqttConfig:
     max_message_bytes: int = _check(_min(1024), default=1 << 20)
 
 
-@dataclass(frozen=True)
-class DelegateConfig:  # [model.delegate], or `delegate = "lib.so"` for {library = "lib.so"}
+@dataclass(frozen=True, eq=False, repr=False)
+class DelegateConfig(Record):  # [model.delegate], or `delegate = "lib.so"` for {library = "lib.so"}
+    """[model.delegate]: an accelerator library; the operator says what happens when it does not load."""
     library: str = ""  # an external delegate, e.g. libedgetpu.so.1 (Coral), libarmnnDelegate.so, libteflon.so
     options: dict[str, str] = field(default_factory=dict)  # passed to load_delegate, e.g. {device = "usb"}
     fallback: str = _check(_one_of("fail", "cpu"), default="fail")  # a delegate that does not load
@@ -79,11 +81,10 @@ class DelegateConfig:  # [model.delegate], or `delegate = "lib.so"` for {library
     name: str = ""  # what a manifest's requires.delegate names (default: from the library, e.g. "edgetpu")
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = _check(
-        lambda v: None if _MODEL_NAME.match(v) else "must match [A-Za-z0-9._-]{1,64}", default="model"
-    )
+@dataclass(frozen=True, eq=False, repr=False)
+class ModelConfig(Record):
+    """[model]: what is served and how, and where the A/B slots and their state live."""
+    name: str = _check(lambda v: None if _MODEL_NAME.match(v) else "must match [A-Za-z0-9._-]{1,64}", default="model")
     state_dir: str = "/var/lib/edgeagent"
     initial: str = ""
     labels: str = ""  # one label per line, seeded with `initial` (updates carry their own)
@@ -97,19 +98,22 @@ class ModelConfig:
     check_finite_every: int = _check(_range(1, 1000), default=8)
 
 
-@dataclass(frozen=True)
-class SyntheticInput:
+@dataclass(frozen=True, eq=False, repr=False)
+class SyntheticInput(Record):
+    """[input.synthetic]: frames without hardware, for bring-up and tests."""
     pattern: str = _check(_one_of("gradient", "noise"), default="gradient")
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class ImagesInput:
+@dataclass(frozen=True, eq=False, repr=False)
+class ImagesInput(Record):
+    """[input.images]: a folder of images served in a loop, for a model checked against known pictures."""
     dir: str = ""
 
 
-@dataclass(frozen=True)
-class CameraInput:
+@dataclass(frozen=True, eq=False, repr=False)
+class CameraInput(Record):
+    """[input.camera]: OpenCV or picamera2; a video file stands in for a camera the same way."""
     backend: str = _check(_one_of("auto", "opencv", "picamera2"), default="auto")
     device: str = "0"  # index, /dev/videoN, a video file or an rtsp:// URL
     width: int = _check(_min(0), default=0)
@@ -117,8 +121,9 @@ class CameraInput:
     loop: bool = True  # start a video file again at its end
 
 
-@dataclass(frozen=True)
-class SensorInput:
+@dataclass(frozen=True, eq=False, repr=False)
+class SensorInput(Record):
+    """[input.sensor]: an IIO device or a line stream, windowed to the model's time axis."""
     mode: str = _check(_one_of("iio", "stream"), default="iio")
     iio_device: str = "/sys/bus/iio/devices/iio:device0"
     channels: list[str] = field(default_factory=lambda: ["in_accel_x", "in_accel_y", "in_accel_z"])
@@ -127,8 +132,9 @@ class SensorInput:
     window: int = _check(_min(0), default=0)  # samples per inference; 0 = the model's time axis
 
 
-@dataclass(frozen=True)
-class InputConfig:
+@dataclass(frozen=True, eq=False, repr=False)
+class InputConfig(Record):
+    """[input]: the source and the rate frames are taken at (the inference budget)."""
     source: str = _check(_one_of("synthetic", "images", "camera", "sensor"), default="synthetic")
     rate_hz: float = _check(_rate, default=10.0)  # 0 = as fast as possible
     synthetic: SyntheticInput = field(default_factory=SyntheticInput)
@@ -137,15 +143,17 @@ class InputConfig:
     sensor: SensorInput = field(default_factory=SensorInput)
 
 
-@dataclass(frozen=True)
-class OutputConfig:
+@dataclass(frozen=True, eq=False, repr=False)
+class OutputConfig(Record):
+    """[output]: what of each result leaves the device, and how often: a metered link pays for every byte."""
     publish: str = _check(_one_of("none", "summary", "full"), default="summary")
     max_rate_hz: float = _check(_min(0), default=1.0)
     top_k: int = _check(_range(0, 100), default=5)  # classes named in each summary (output 0, a classifier's)
 
 
-@dataclass(frozen=True)
-class MonitorConfig:  # prediction quality (runtime/quality.py): windows of live frames against a reference
+@dataclass(frozen=True, eq=False, repr=False)
+class MonitorConfig(Record):  # prediction quality (runtime/quality.py): windows of live frames against a reference
+    """[monitor]: prediction quality against a reference, so a model that drifts is seen before users see it."""
     enabled: bool = True
     window: int = _check(_range(10, 1_000_000), default=300)  # frames per judged window
     window_s: float = _check(_range(1, 86400), default=60.0)  # or this long, whichever ends first
@@ -156,17 +164,18 @@ class MonitorConfig:  # prediction quality (runtime/quality.py): windows of live
     capture_min_interval_s: float = _check(_range(0, 86400), default=10.0)  # at most one sample this often
 
 
-@dataclass(frozen=True)
-class TelemetryConfig:
+@dataclass(frozen=True, eq=False, repr=False)
+class TelemetryConfig(Record):
+    """[telemetry]: how often the figures are read and sent, and where the board's sensors are."""
     interval_s: float = _check(_range(0.1, 3600), default=5.0)
     sysfs_root: str = "/"
-    power_profile: str = _check(
-        _one_of("auto", "pi4", "pi5", "jetson-nano", "orin-nano", "generic", "none"), default="auto"
-    )
+    power_profile: str = _check(_one_of("auto", "pi4", "pi5", "jetson-nano", "orin-nano", "generic", "none"),
+                                default="auto")
 
 
-@dataclass(frozen=True)
-class UpdateConfig:
+@dataclass(frozen=True, eq=False, repr=False)
+class UpdateConfig(Record):
+    """[update]: who may sign a model, and the terms a new model is judged by before it is kept."""
     trusted_keys: list[str] = field(default_factory=list)  # PEM files or directories of them
     threshold: int = _check(_min(1), default=1)
     probation_s: float = _check(_min(0), default=60.0)
@@ -202,33 +211,38 @@ class UpdateConfig:
     switch_window: list[str] = _check(check_windows, default_factory=list)
 
 
-@dataclass(frozen=True)
-class MetricsConfig:
+@dataclass(frozen=True, eq=False, repr=False)
+class MetricsConfig(Record):
+    """[metrics]: Prometheus without MQTT: a textfile for node_exporter, or an endpoint."""
     # a node_exporter textfile collector file, rewritten atomically every telemetry interval
     textfile: str = _check(lambda v: "must end in .prom (node_exporter reads only those)"
                            if v and not v.endswith(".prom") else None, default="")
     listen: str = _check(_listen, default="")  # HOST:PORT to serve /metrics on; empty = no endpoint
 
 
-@dataclass(frozen=True)
-class HomeAssistantConfig:
+@dataclass(frozen=True, eq=False, repr=False)
+class HomeAssistantConfig(Record):
+    """[homeassistant]: discovery messages, so the device shows up without hand-written YAML."""
     discovery: bool = False  # publish MQTT discovery for Home Assistant
     prefix: str = _check(lambda v: "must be a topic without wildcards" if not v or _TOPIC_BAD.search(v) else None,
                          default="homeassistant")
 
 
-@dataclass(frozen=True)
-class ControlConfig:
+@dataclass(frozen=True, eq=False, repr=False)
+class ControlConfig(Record):
+    """[control]: the local socket the CLI talks to; its permissions are the access control."""
     socket: str = "/run/edgeagent/control.sock"
 
 
-@dataclass(frozen=True)
-class LogConfig:
+@dataclass(frozen=True, eq=False, repr=False)
+class LogConfig(Record):
+    """[log]: the level; the journal (or stderr) is the only destination."""
     level: str = _check(_one_of("debug", "info", "warning", "error"), default="info")
 
 
-@dataclass(frozen=True)
-class Config:
+@dataclass(frozen=True, eq=False, repr=False)
+class Config(Record):
+    """The whole file, a frozen section per table: RUNTIME_TUNABLE keys change by a new object."""
     device: DeviceConfig = field(default_factory=DeviceConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -381,11 +395,5 @@ def with_key(cfg: Config, dotted: str, value: Any) -> Config:
 
 def to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        return {
-            f.name: to_dict(getattr(obj, f.name))
-            for f in dataclasses.fields(obj)
-            if not f.metadata.get("internal")
-        }
-    if isinstance(obj, list):
-        return [to_dict(v) for v in obj]
-    return obj
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("internal")}
+    return [to_dict(v) for v in obj] if isinstance(obj, list) else obj

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from edgeagent.errors import CommandError, EdgeAgentError
+from edgeagent.record import Record
 
 log = logging.getLogger("edgeagent.cmd")
 
@@ -34,8 +35,10 @@ class _Deferred:
 DEFERRED = _Deferred()  # a handler returns this when it will reply later through its Context
 
 
-@dataclass(frozen=True)
-class Request:
+@dataclass(frozen=True, eq=False, repr=False)
+class Request(Record):
+    """One command, whichever way it came (socket, MQTT): handlers see no transport."""
+
     id: str | None
     op: str
     args: dict

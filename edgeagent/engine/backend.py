@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeagent.errors import ModelError
+from edgeagent.record import Record
 
 log = logging.getLogger("edgeagent.engine")
 
@@ -21,8 +22,11 @@ _HINT = {
 }
 
 
-@dataclass(frozen=True)
-class Backend:
+@dataclass(frozen=True, eq=False, repr=False)
+class Backend(Record):
+    """The interpreter module found (ai-edge-litert, else tflite-runtime): both expose
+    the same two names, so the rest of the engine never asks which one it has."""
+
     name: str  # "litert" | "tflite"
     Interpreter: Any
     load_delegate: Any

@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from edgeagent.record import Record
 
-@dataclass(frozen=True)
-class TensorSpec:
+
+@dataclass(frozen=True, eq=False, repr=False)
+class TensorSpec(Record):
     """One input or output tensor as the interpreter reports it."""
 
     name: str
@@ -34,8 +36,8 @@ class TensorSpec:
 SINGLE_OPEN = ("libedgetpu",)
 
 
-@dataclass(frozen=True)
-class DelegateSpec:
+@dataclass(frozen=True, eq=False, repr=False)
+class DelegateSpec(Record):
     """An external delegate as every part that loads a model uses it: the same library and options
     for the serving model, the health check, the golden set, the shadow, bench and the rollback
     pre-check, so a model is judged on the execution it is served on."""

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeagent.record import Record
+
 SLOTS = ("a", "b")
 STATUSES = ("good", "trial", "staged", "bad", "empty")
 FORMAT = 1
@@ -24,8 +26,12 @@ def other(slot: str) -> str:
     return "b" if slot == "a" else "a"
 
 
-@dataclass
-class SlotInfo:
+@dataclass(eq=False, repr=False)
+class SlotInfo(Record):
+    """What state.json says of one slot: enough to re-verify its file (sha256, size) at every start."""
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a generated dataclass
+
     model: str | None = None
     version: int | None = None
     sha256: str | None = None
@@ -37,8 +43,13 @@ class SlotInfo:
     labels: str | None = None  # sha256 of the slot's labels.txt (state/labels.py), None: no labels
 
 
-@dataclass
-class State:
+@dataclass(eq=False, repr=False)
+class State(Record):
+    """The whole of state.json: every transition writes a new one atomically, so a power cut
+    leaves either the old state or the new, never a mix."""
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a generated dataclass
+
     active: str = "a"
     slots: dict = field(default_factory=lambda: {"a": None, "b": None})
     trial: dict | None = None
@@ -141,8 +152,12 @@ def _slot_info(v: Any, name: str) -> SlotInfo | None:
     return SlotInfo(**{f: v[f] for f in SlotInfo.__dataclass_fields__ if f in v})
 
 
-@dataclass
-class BootPlan:
+@dataclass(eq=False, repr=False)
+class BootPlan(Record):
+    """Which slot a start serves and why; the events it decided on are emitted by the caller."""
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a generated dataclass
+
     slot: str
     path: Path
     info: SlotInfo

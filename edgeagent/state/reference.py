@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgeagent.record import Record
 from edgeagent.state.atomic import atomic_write
 
 FILE = "reference.json"
@@ -35,8 +36,10 @@ class ReferenceError_(ValueError):
     """Not a reference: one line, for the caller's code."""
 
 
-@dataclass(frozen=True)
-class Histogram:
+@dataclass(frozen=True, eq=False, repr=False)
+class Histogram(Record):
+    """Integer counts and edges in millionths: a signed manifest's canonical JSON holds integers only."""
+
     edges_e6: tuple[int, ...]  # ascending bin edges in millionths; len(counts) == len(edges) + 1
     counts: tuple[int, ...]
 
@@ -44,8 +47,11 @@ class Histogram:
         return {"edges_e6": list(self.edges_e6), "counts": list(self.counts)}
 
 
-@dataclass(frozen=True)
-class Reference:
+@dataclass(frozen=True, eq=False, repr=False)
+class Reference(Record):
+    """What a model's outputs and inputs looked like when it was known good; live windows are
+    compared against it (PSI) to see drift."""
+
     frames: int  # how many frames the histograms were built from
     window: int  # frames per live window the device compares
     warn_e6: int

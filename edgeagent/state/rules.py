@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgeagent.errors import StateError
+from edgeagent.record import Record
 from edgeagent.state.model import SlotInfo, State, now_rfc3339, other
 
 
-@dataclass(frozen=True)
-class TrialTerms:
+@dataclass(frozen=True, eq=False, repr=False)
+class TrialTerms(Record):
     """What a trial is judged by, fixed when it begins and kept in state.json so a restart
     resumes the same probation. `before` holds the replaced model's figures measured in the
     same process ({"invoke_p50_ms", "rss_mb"}); an offline install has none (null values)."""

@@ -30,6 +30,9 @@ LATENCY_NOISE_MS = 0.2
 
 @dataclass(frozen=True)
 class Limits:
+    """A trial's terms in the judge's units, fixed when the trial starts: a config change mid-trial
+    does not move the goalposts."""
+
     probation_s: float
     min_inferences: int
     max_latency_factor: float
@@ -43,6 +46,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class Verdict:
+    """What the judge decided, with the stable code a rollback reports."""
+
     decision: str  # "continue" | "commit" | "rollback"
     reason: str = ""
     code: str = ""  # probation.* for a rollback

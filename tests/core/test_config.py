@@ -110,3 +110,25 @@ def test_runtime_tunable_keys():
 def test_topic_prefix_expands_device_id():
     cfg = config.from_dict({"device": {"id": "cam-7"}})
     assert cfg.topic_prefix == "edgeagent/cam-7"
+
+
+def test_sections_compare_hash_print_and_refuse_changes_as_generated_dataclasses_do():
+    """The sections take repr, == and hash from Record (one shared copy instead of three methods
+    compiled per class at every start): the results of the methods dataclasses would generate."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class TlsConfig:  # the section as a plain frozen dataclass
+        ca: str = ""
+        cert: str = ""
+        key: str = ""
+
+    ours, plain = config.TlsConfig(ca="/etc/ca.pem"), TlsConfig(ca="/etc/ca.pem")
+    assert repr(ours) == "TlsConfig(ca='/etc/ca.pem', cert='', key='')" and repr(plain).endswith("." + repr(ours))
+    assert ours == config.TlsConfig(ca="/etc/ca.pem") and hash(ours) == hash(plain)
+    assert ours != config.TlsConfig() and ours != plain  # another class is never equal, as generated
+    assert config.Config() == config.Config() and config.Config() != config.from_dict({"mqtt": {"port": 1884}})
+    with pytest.raises(TypeError):  # unhashable, as a generated hash over a list field is
+        hash(config.Config())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ours.ca = "/tmp/x"  # type: ignore[misc]
