@@ -5,7 +5,6 @@ is down, read() raises SourceError at once (the loop counts it and waits a littl
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Any, Callable
@@ -81,6 +80,8 @@ class ResilientSource:
         first = self._down is None
         self._down = e
         self.failures += 1
+        import random  # on a failure only: not on the way to the first frame
+
         delay = self._delay * (0.5 + random.random() / 2)  # jitter: a fleet must not retry in step
         self._retry_at = time.monotonic() + delay
         self._delay = min(self._delay * 2, self._max)

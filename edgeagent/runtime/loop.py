@@ -8,25 +8,26 @@ a shadow comparison), and finiteness is read on the interpreter's own buffers: o
 during a trial (its verdict counts them) and on every frame whose outputs go to a reader, on
 every check_finite_every-th frame otherwise. Reading a few hundred output values right after an
 invoke costs 20-35 us (the invoke has pushed the loop's code and data out of the caches), more
-than all the rest of the loop's own work. A model swap is a reference assignment at a frame
-boundary, so a hot swap costs no frame; the interpreter being swapped in was built, allocated and
-warmed up by the caller beforehand.
+than all the rest of the loop's own work. A swap is a reference assignment at a frame boundary
+(no frame lost); the caller built, allocated and warmed up the interpreter swapped in.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from edgeagent.errors import EdgeAgentError, SourceError
 from edgeagent.runtime.stats import LatencyWindow, median
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 log = logging.getLogger("edgeagent.loop")
 
@@ -105,9 +106,8 @@ class Shadow:
 
     def summary(self) -> dict:
         """Figures for the judge and for status (copies: read from another thread)."""
-        new, old = list(self.new_ms), list(self.old_ms)
-        n = min(len(new), len(old))
-        new, old = new[:n], old[:n]
+        n = min(len(self.new_ms), len(self.old_ms))
+        new, old = list(self.new_ms)[:n], list(self.old_ms)[:n]
         out = {"pairs": self.pairs, "compared": self.compared, "agreed": self.agreed, "errors": self.errors,
                "last_error": self.last_error or None, "ratio": None, "new_p50_ms": None, "old_p50_ms": None}
         if n:
@@ -182,6 +182,7 @@ class InferenceLoop:
 
     def swap(self, model: Any) -> concurrent.futures.Future:
         """Serve `model` from the next frame on; the future resolves to the model it replaced."""
+        import concurrent.futures  # an update's, not the start's
         fut: concurrent.futures.Future = concurrent.futures.Future()
         if not self.running:
             old, self.model = self.model, model

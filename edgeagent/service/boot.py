@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable
@@ -68,6 +67,8 @@ def check_initial(cfg: Config, store: SlotStore, stopping: Callable[[], bool] = 
     first = st is None and not (store.file.exists() or store.prev.exists() or store.anchor.exists())
     if not (first or empty) or not m.initial or not os.path.isfile(m.initial):
         return  # not a first start, or the store's own one-line error (no model.initial)
+    import tempfile  # first starts only, like the health child
+
     from edgeagent.update import health
 
     req = health.HealthRequest(candidate=str(m.initial), baseline=None, frames_file="", manifest_io=None,

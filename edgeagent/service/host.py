@@ -15,7 +15,6 @@ from edgeagent.config import Config
 from edgeagent.engine.model import Model
 from edgeagent.state import labels, reference
 from edgeagent.runtime.loop import InferenceLoop
-from edgeagent.update.probation import stall_limit_s
 
 log = logging.getLogger("edgeagent")
 
@@ -68,6 +67,8 @@ class ServingHost:
 
     def stall_limit_s(self) -> float:
         """How long the served model may hold the loop in one call before it counts as hung."""
+        from edgeagent.update.probation import stall_limit_s  # the judge, needed once the model serves
+
         assert self.loop is not None
         p50 = self.loop.counters.to_dict()["invoke_p50_ms"] or 0.0
         frame_s = max(1.0 / self.loop.rate_hz if self.loop.rate_hz else 0.0, p50 / 1e3)

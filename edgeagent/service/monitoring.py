@@ -4,7 +4,6 @@ and the samples are served by command, locally and over MQTT), and Prometheus wh
 
 from __future__ import annotations
 
-import base64
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -78,6 +77,8 @@ def register_samples(d: Dispatcher, store: SampleStore | None, publish: Callable
         except SampleError as e:
             raise CommandError("samples.not_found", str(e)) from None
         if ctx.source != "mqtt" or len(data) <= max_inline or publish is None:
+            import base64
+
             return {"meta": meta, "data_b64": base64.b64encode(data).decode()}
         from edgeagent.update.transfer import announce  # a sample over MQTT chunks: rare
 

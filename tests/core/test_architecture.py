@@ -85,6 +85,25 @@ def test_the_way_to_the_first_frame_leaves_telemetry_quality_and_sd_notify_libra
     assert _python(code).strip() == "[]"
 
 
+def test_the_daemons_command_line_leaves_what_only_failures_and_updates_use_to_them():
+    """`edgeagent run` up to READY=1 imports no shutil (argparse's width lookup would bring bz2,
+    lzma and zlib, three shared libraries), no tempfile (the first start's health check), random
+    (input retries), concurrent.futures (a model swap) or the probation judge; help still wraps
+    to the terminal's width, as argparse's own lookup does."""
+    code = ("import sys\n"
+            "from edgeagent.cli import main\n"
+            "main.build_parser(['run']).parse_args(['run'])\n"
+            "import edgeagent.service.agent\n"
+            "print(sorted({'shutil', 'bz2', 'lzma', 'zlib', 'tempfile', 'random', 'concurrent.futures', "
+            "'edgeagent.update.probation'} & set(sys.modules)))\n")
+    assert _python(code).strip() == "[]"
+    for cols in (40, 70):
+        out = subprocess.run([sys.executable, "-m", "edgeagent", "bench", "--help"], cwd=REPO, capture_output=True,
+                             text=True, timeout=60, env=dict(os.environ, COLUMNS=str(cols)))
+        options = out.stdout.split("\n\n", 1)[1].splitlines()  # after the usage, whose tokens never break
+        assert out.returncode == 0 and cols - 12 < max(map(len, options)) <= cols, out.stdout
+
+
 def test_the_mqtt_transport_leaves_urllib_request_to_its_first_use():
     """paho imports urllib.request (http.client, email: 2.3 MiB of RSS) only for a proxy lookup
     it makes with PySocks; the daemon's transport defers it, and it still works when used."""
