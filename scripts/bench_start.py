@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Start-up and CLI costs: time from exec to READY=1, and `edgeagent status` (human and --json).
 
-    .venv/bin/python scripts/bench_start.py [--runs 10] [--mqtt] [--first-starts 5]
+    .venv/bin/python scripts/bench_start.py [--runs 100] [--rss-runs 5] [--mqtt] [--first-starts 5]
 
 After the runs, one more daemon (a state of its own) takes a signed delta update through the
 control socket (`edgeagent install`, live): its RSS 3 s after READY and 3 s after the update
@@ -9,8 +9,10 @@ committed, for what the first update leaves loaded (the installer, the verifier 
 cryptography, bsdiff4, the health check's parent side).
 
 The floor: a process that does only what serving needs (imports numpy and LiteRT, loads the same
-model, invokes it once on a frame, sends READY=1), started the same way in alternation with the
-daemon, with one OpenBLAS thread as edgeagent sets for itself. The daemon's RSS is read 3 s
+model, invokes it once on a frame, sends READY=1), started the same way, with one OpenBLAS
+thread as edgeagent sets for itself. Each run is a pair, a floor start and a daemon start back to
+back, taking turns to go first; the ratio is the median of the pairs' ratios. The daemon is
+started as the unit starts it, through the console script's lines. The daemon's RSS is read 3 s
 after READY (its control plane built), and with --mqtt the daemon connects to a private
 mosquitto (paho, TLS library and all).
 
@@ -19,9 +21,9 @@ then seeded); the median is over the others, and --first-starts more first start
 state of its own, are timed after them. Each run starts the real daemon (synthetic input at
 30 Hz, a small conv model) with a NOTIFY_SOCKET of our own and times READY=1 from the exec
 (READY used to wait for the main loop's next 50 ms poll after the first frame; now the
-inference thread wakes it). Then `edgeagent status` and `status --json` run once against each
-started daemon. Run it from another checkout
-to compare versions.
+inference thread wakes it). On the first --rss-runs starts after the first, the daemon is
+kept for 3 s, its RSS read, and `edgeagent status` and `status --json` run against it once; the
+others are stopped at READY. Run it from another checkout to compare versions.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ sys.path.insert(0, str(REPO))
 
 from edgeagent.engine import testmodels  # noqa: E402
 from tests.support.daemon import base_config, write_config  # noqa: E402
+
+# The daemon and the CLI as installed: the console script's own lines (the unit's ExecStart is the
+# console script; `python -m edgeagent` would add runpy's imports), run from this checkout, which
+# python -c puts first on sys.path, so a bench_start.py in another checkout measures that one.
+EDGEAGENT = [sys.executable, "-c", "import sys; from edgeagent.cli.main import main; sys.exit(main())"]
 
 FLOOR = r"""
 import os, socket, sys
@@ -77,6 +84,13 @@ def time_ready(cmd: list[str], sock_path: Path, env: dict) -> tuple[float, subpr
         sock_path.unlink()
 
 
+def time_floor(model: Path, sock_path: Path, env: dict) -> float:
+    dt, p = time_ready([sys.executable, "-c", FLOOR, str(model)], sock_path, env)
+    p.kill()
+    p.wait()
+    return dt
+
+
 def rss_after_update(tmp: Path, model: Path, extra: dict) -> tuple[float, float, object]:
     """RSS of a fresh daemon 3 s after READY, and 3 s after a signed delta update to v2 committed."""
     import psutil
@@ -94,15 +108,15 @@ def rss_after_update(tmp: Path, model: Path, extra: dict) -> tuple[float, float,
                                                       update={"trusted_keys": [str(d / "keys/edgeagent.pub")]}, **extra))
     sock_path = d / "notify.sock"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    dt, p = time_ready([sys.executable, "-m", "edgeagent", "-c", str(cfg), "run"], sock_path, env)
+    dt, p = time_ready([*EDGEAGENT, "-c", str(cfg), "run"], sock_path, env)
     try:
         time.sleep(3)
         before = psutil.Process(p.pid).memory_info().rss / 2**20
-        subprocess.run([sys.executable, "-m", "edgeagent", "-c", str(cfg), "install", rel["manifest"]], cwd=REPO,
+        subprocess.run([*EDGEAGENT, "-c", str(cfg), "install", rel["manifest"]], cwd=REPO,
                        env=env, capture_output=True, check=True, timeout=120)
         version = None
         for _ in range(300):  # committed: v2 active and no trial
-            st = json.loads(subprocess.run([sys.executable, "-m", "edgeagent", "-c", str(cfg), "status", "--json"],
+            st = json.loads(subprocess.run([*EDGEAGENT, "-c", str(cfg), "status", "--json"],
                                            cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout)
             version = (st.get("model") or {}).get("version")
             if version == 2 and not st.get("trial"):
@@ -118,7 +132,8 @@ def rss_after_update(tmp: Path, model: Path, extra: dict) -> tuple[float, float,
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=100, help="floor/daemon pairs")
+    ap.add_argument("--rss-runs", type=int, default=5, help="runs whose daemon is kept 3 s for RSS and status")
     ap.add_argument("--mqtt", action="store_true", help="the daemon connects to a private mosquitto")
     ap.add_argument("--first-starts", type=int, default=5, help="first starts, each in an empty state")
     a = ap.parse_args()
@@ -136,18 +151,16 @@ def main() -> int:
     # the floor gets the OpenBLAS setting edgeagent gives itself (one thread unless set): without it
     # numpy's thread pool spins up at import and the floor would carry a cost the daemon avoids
     env0 = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "1"))
-    for i in range(a.runs):
-        dt, fp = time_ready([sys.executable, "-c", FLOOR, str(model)], tmp / f"floor-{i}.sock", env0)
-        floor_s.append(dt)
-        fp.kill()
-        fp.wait()
+    for i in range(a.runs):  # a floor start and a daemon start in each pair, taking turns to go first
+        if i % 2 == 0:
+            floor_s.append(time_floor(model, tmp / f"floor-{i}.sock", env0))
         sock_path = tmp / f"notify-{i}.sock"
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         srv.bind(str(sock_path))
         srv.settimeout(30)
         env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), PYTHONPATH=str(REPO))
         t0 = time.perf_counter()
-        p = subprocess.Popen([sys.executable, "-m", "edgeagent", "-c", str(cfg), "run"], cwd=REPO, env=env,
+        p = subprocess.Popen([*EDGEAGENT, "-c", str(cfg), "run"], cwd=REPO, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             while True:
@@ -155,26 +168,29 @@ def main() -> int:
                 if "READY=1" in msg:
                     ready_s.append(time.perf_counter() - t0)
                     break
-            time.sleep(3)
-            import psutil
+            if i <= a.rss_runs:  # the others stop at READY, so many pairs take little time
+                time.sleep(3)
+                import psutil
 
-            rss_mb.append(psutil.Process(p.pid).memory_info().rss / 2**20)
-            for args, out in ((["status"], human_s), (["status", "--json"], json_s)):
-                t = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "edgeagent", "-c", str(cfg), *args], cwd=REPO, env=env,
-                               capture_output=True, check=True)
-                out.append(time.perf_counter() - t)
+                rss_mb.append(psutil.Process(p.pid).memory_info().rss / 2**20)
+                for args, out in ((["status"], human_s), (["status", "--json"], json_s)):
+                    t = time.perf_counter()
+                    subprocess.run([*EDGEAGENT, "-c", str(cfg), *args], cwd=REPO, env=env,
+                                   capture_output=True, check=True)
+                    out.append(time.perf_counter() - t)
         finally:
             p.terminate()
             p.wait(15)
             srv.close()
             sock_path.unlink()
+        if i % 2 == 1:
+            floor_s.append(time_floor(model, tmp / f"floor-{i}.sock", env0))
     first_s = []
     for i in range(a.first_starts):  # each in a state of its own
         d = tmp / f"first-{i}"
         d.mkdir()
         cfg_i = write_config(d / "config.toml", base_config(d, model, input={"rate_hz": 30.0}, **extra))
-        dt, p = time_ready([sys.executable, "-m", "edgeagent", "-c", str(cfg_i), "run"], d / "notify.sock",
+        dt, p = time_ready([*EDGEAGENT, "-c", str(cfg_i), "run"], d / "notify.sock",
                            dict(os.environ, PYTHONPATH=str(REPO)))
         first_s.append(dt)
         p.terminate()
@@ -184,9 +200,13 @@ def main() -> int:
         broker.stop()
     med = statistics.median
     later = ready_s[1:] or ready_s  # the first run seeded the state (its model.initial check: below)
+    # the ratio of each pair, started back to back: the VM's speed drifts by more than the
+    # difference between the two over a run, and a pair shares the moment it ran in
+    pairs = sorted(d / f for d, f in zip(ready_s[1:], floor_s[1:])) or [ready_s[0] / floor_s[0]]
     print(f"exec -> READY=1: median {med(later) * 1e3:.0f} ms (min {min(later) * 1e3:.0f}, "
-          f"max {max(later) * 1e3:.0f}) over {len(later)} starts; the floor process {med(floor_s) * 1e3:.0f} ms "
-          f"(ratio {med(later) / med(floor_s):.2f}x)")
+          f"max {max(later) * 1e3:.0f}) over {len(later)} starts; the floor process {med(floor_s) * 1e3:.0f} ms; "
+          f"ratio {med(pairs):.2f}x, the median of {len(pairs)} pairs (quartiles {pairs[len(pairs) // 4]:.2f}-"
+          f"{pairs[3 * len(pairs) // 4]:.2f}x; the ratio of the medians {med(later) / med(floor_s):.2f}x)")
     print(f"a first start (an empty state: model.initial checked in the health child, then seeded): median "
           f"{med(first_s) * 1e3:.0f} ms over {len(first_s)}")
     print(f"daemon RSS 3 s after READY: median {med(rss_mb):.1f} MiB{' (with MQTT)' if a.mqtt else ''}")
