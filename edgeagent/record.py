@@ -19,10 +19,6 @@ from typing import Any
 class Record:
     __slots__ = ()
 
-    def _key(self) -> tuple:
-        return tuple(getattr(self, f.name) for f in fields(self)  # type: ignore[arg-type]
-                     if (f.compare if f.hash is None else f.hash))
-
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)  # type: ignore[arg-type]
         return f"{type(self).__qualname__}({shown})"
@@ -30,7 +26,10 @@ class Record:
     def __eq__(self, other: Any) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return self._key() == other._key()
+        mine = fields(self)  # type: ignore[arg-type]
+        return tuple(getattr(self, f.name) for f in mine if f.compare) == \
+            tuple(getattr(other, f.name) for f in mine if f.compare)
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        return hash(tuple(getattr(self, f.name) for f in fields(self)  # type: ignore[arg-type]
+                          if (f.compare if f.hash is None else f.hash)))
