@@ -21,7 +21,7 @@ from typing import Any
 from edgeagent.state.schedule import check_windows
 from edgeagent.configcheck import Check, _check, _listen, _min, _one_of, _range, _rate  # noqa: F401
 from edgeagent.errors import ConfigError
-from edgeagent.record import Record
+from edgeagent.record import KeywordRecord
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,23 +35,23 @@ _TOPIC_BAD = re.compile(r"[#+\x00]")
 
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class DeviceConfig(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class DeviceConfig(KeywordRecord):
     """[device]: who this device is to the fleet (its topic prefix, the rollout groups it joins)."""
     id: str = ""  # empty = hostname
     groups: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class TlsConfig(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class TlsConfig(KeywordRecord):
     """[mqtt.tls]: files, not inline PEM, so a key can stay readable by the service user only."""
     ca: str = ""
     cert: str = ""
     key: str = ""
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class MqttConfig(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class MqttConfig(KeywordRecord):
     """[mqtt]: the broker link; without a host the daemon serves standalone (the control socket still drives it)."""
     host: str = ""  # empty = MQTT disabled (the daemon runs standalone)
     port: int = _check(_range(1, 65535), default=1883)
@@ -70,8 +70,8 @@ class MqttConfig(Record):
     max_message_bytes: int = _check(_min(1024), default=1 << 20)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class DelegateConfig(Record):  # [model.delegate], or `delegate = "lib.so"` for {library = "lib.so"}
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class DelegateConfig(KeywordRecord):  # [model.delegate], or `delegate = "lib.so"` for {library = "lib.so"}
     """[model.delegate]: an accelerator library; the operator says what happens when it does not load."""
     library: str = ""  # an external delegate, e.g. libedgetpu.so.1 (Coral), libarmnnDelegate.so, libteflon.so
     options: dict[str, str] = field(default_factory=dict)  # passed to load_delegate, e.g. {device = "usb"}
@@ -81,8 +81,8 @@ class DelegateConfig(Record):  # [model.delegate], or `delegate = "lib.so"` for 
     name: str = ""  # what a manifest's requires.delegate names (default: from the library, e.g. "edgetpu")
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class ModelConfig(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class ModelConfig(KeywordRecord):
     """[model]: what is served and how, and where the A/B slots and their state live."""
     name: str = _check(lambda v: None if _MODEL_NAME.match(v) else "must match [A-Za-z0-9._-]{1,64}", default="model")
     state_dir: str = "/var/lib/edgeagent"
@@ -98,21 +98,21 @@ class ModelConfig(Record):
     check_finite_every: int = _check(_range(1, 1000), default=8)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class SyntheticInput(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class SyntheticInput(KeywordRecord):
     """[input.synthetic]: frames without hardware, for bring-up and tests."""
     pattern: str = _check(_one_of("gradient", "noise"), default="gradient")
     seed: int = 0
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class ImagesInput(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class ImagesInput(KeywordRecord):
     """[input.images]: a folder of images served in a loop, for a model checked against known pictures."""
     dir: str = ""
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class CameraInput(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class CameraInput(KeywordRecord):
     """[input.camera]: OpenCV or picamera2; a video file stands in for a camera the same way."""
     backend: str = _check(_one_of("auto", "opencv", "picamera2"), default="auto")
     device: str = "0"  # index, /dev/videoN, a video file or an rtsp:// URL
@@ -121,8 +121,8 @@ class CameraInput(Record):
     loop: bool = True  # start a video file again at its end
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class SensorInput(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class SensorInput(KeywordRecord):
     """[input.sensor]: an IIO device or a line stream, windowed to the model's time axis."""
     mode: str = _check(_one_of("iio", "stream"), default="iio")
     iio_device: str = "/sys/bus/iio/devices/iio:device0"
@@ -132,8 +132,8 @@ class SensorInput(Record):
     window: int = _check(_min(0), default=0)  # samples per inference; 0 = the model's time axis
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class InputConfig(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class InputConfig(KeywordRecord):
     """[input]: the source and the rate frames are taken at (the inference budget)."""
     source: str = _check(_one_of("synthetic", "images", "camera", "sensor"), default="synthetic")
     rate_hz: float = _check(_rate, default=10.0)  # 0 = as fast as possible
@@ -143,16 +143,16 @@ class InputConfig(Record):
     sensor: SensorInput = field(default_factory=SensorInput)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class OutputConfig(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class OutputConfig(KeywordRecord):
     """[output]: what of each result leaves the device, and how often: a metered link pays for every byte."""
     publish: str = _check(_one_of("none", "summary", "full"), default="summary")
     max_rate_hz: float = _check(_min(0), default=1.0)
     top_k: int = _check(_range(0, 100), default=5)  # classes named in each summary (output 0, a classifier's)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class MonitorConfig(Record):  # prediction quality (runtime/quality.py): windows of live frames against a reference
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class MonitorConfig(KeywordRecord):  # prediction quality (runtime/quality.py): windows of live frames against a reference
     """[monitor]: prediction quality against a reference, so a model that drifts is seen before users see it."""
     enabled: bool = True
     window: int = _check(_range(10, 1_000_000), default=300)  # frames per judged window
@@ -164,8 +164,8 @@ class MonitorConfig(Record):  # prediction quality (runtime/quality.py): windows
     capture_min_interval_s: float = _check(_range(0, 86400), default=10.0)  # at most one sample this often
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class TelemetryConfig(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class TelemetryConfig(KeywordRecord):
     """[telemetry]: how often the figures are read and sent, and where the board's sensors are."""
     interval_s: float = _check(_range(0.1, 3600), default=5.0)
     sysfs_root: str = "/"
@@ -173,8 +173,8 @@ class TelemetryConfig(Record):
                                 default="auto")
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class UpdateConfig(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class UpdateConfig(KeywordRecord):
     """[update]: who may sign a model, and the terms a new model is judged by before it is kept."""
     trusted_keys: list[str] = field(default_factory=list)  # PEM files or directories of them
     threshold: int = _check(_min(1), default=1)
@@ -211,8 +211,8 @@ class UpdateConfig(Record):
     switch_window: list[str] = _check(check_windows, default_factory=list)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class MetricsConfig(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class MetricsConfig(KeywordRecord):
     """[metrics]: Prometheus without MQTT: a textfile for node_exporter, or an endpoint."""
     # a node_exporter textfile collector file, rewritten atomically every telemetry interval
     textfile: str = _check(lambda v: "must end in .prom (node_exporter reads only those)"
@@ -220,28 +220,28 @@ class MetricsConfig(Record):
     listen: str = _check(_listen, default="")  # HOST:PORT to serve /metrics on; empty = no endpoint
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class HomeAssistantConfig(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class HomeAssistantConfig(KeywordRecord):
     """[homeassistant]: discovery messages, so the device shows up without hand-written YAML."""
     discovery: bool = False  # publish MQTT discovery for Home Assistant
     prefix: str = _check(lambda v: "must be a topic without wildcards" if not v or _TOPIC_BAD.search(v) else None,
                          default="homeassistant")
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class ControlConfig(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class ControlConfig(KeywordRecord):
     """[control]: the local socket the CLI talks to; its permissions are the access control."""
     socket: str = "/run/edgeagent/control.sock"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class LogConfig(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class LogConfig(KeywordRecord):
     """[log]: the level; the journal (or stderr) is the only destination."""
     level: str = _check(_one_of("debug", "info", "warning", "error"), default="info")
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class Config(Record):
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class Config(KeywordRecord):
     """The whole file, a frozen section per table: RUNTIME_TUNABLE keys change by a new object."""
     device: DeviceConfig = field(default_factory=DeviceConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)

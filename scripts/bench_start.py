@@ -2,6 +2,7 @@
 """Start-up and CLI costs: time from exec to READY=1, and `edgeagent status` (human and --json).
 
     .venv/bin/python scripts/bench_start.py [--runs 100] [--rss-runs 5] [--mqtt] [--first-starts 5]
+                                            [--instructions]
 
 After the runs, one more daemon (a state of its own) takes a signed delta update through the
 control socket (`edgeagent install`, live): its RSS 3 s after READY and 3 s after the update
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -66,6 +68,32 @@ s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
 import time; time.sleep(30)
 """
+
+
+# --instructions: both counted to READY=1 under callgrind, a figure this VM's speed does not move.
+# Each exits at READY=1 so that callgrind writes its count: the floor right after sending it, the
+# daemon from its notifier, which this wrapper replaces before main() runs.
+FLOOR_EXIT = FLOOR.replace("import time; time.sleep(30)", "os._exit(0)")
+EXIT_AT_READY = ("import os, sys\n"
+                 "import edgeagent.service.sdnotify as sn\n"
+                 "sn.Notifier.ready = lambda self, *a, **k: os._exit(0)\n"
+                 "from edgeagent.cli.main import main\n"
+                 "sys.exit(main())\n")
+
+
+def instructions(cmd: list[str], out: Path, env: dict) -> int:
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # the floor's READY=1 needs a receiver
+    srv.bind(str(out.with_suffix(".sock")))
+    try:
+        r = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd], cwd=REPO,
+                           env=dict(env, NOTIFY_SOCKET=str(out.with_suffix(".sock"))), capture_output=True,
+                           text=True, timeout=900)
+    finally:
+        srv.close()
+    m = re.search(r"Collected : (\d+)", r.stderr)
+    if m is None:
+        raise SystemExit(f"callgrind gave no count: {r.stderr[-1000:]}")
+    return int(m.group(1))
 
 
 def time_ready(cmd: list[str], sock_path: Path, env: dict) -> tuple[float, subprocess.Popen]:
@@ -136,6 +164,8 @@ def main() -> int:
     ap.add_argument("--rss-runs", type=int, default=5, help="runs whose daemon is kept 3 s for RSS and status")
     ap.add_argument("--mqtt", action="store_true", help="the daemon connects to a private mosquitto")
     ap.add_argument("--first-starts", type=int, default=5, help="first starts, each in an empty state")
+    ap.add_argument("--instructions", action="store_true",
+                    help="also count both sides' CPU instructions to READY=1 under callgrind (needs valgrind)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-start-"))
     model = testmodels.write_model(tmp / "m.tflite", kind="conv", input_shape=(1, 64, 64, 3))
@@ -195,6 +225,11 @@ def main() -> int:
         first_s.append(dt)
         p.terminate()
         p.wait(15)
+    counted = None
+    if a.instructions:  # after the runs: the state is seeded, as for every run but the first
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        counted = (instructions([*EDGEAGENT[:2], EXIT_AT_READY, "-c", str(cfg), "run"], tmp / "cg-daemon", env),
+                   instructions([sys.executable, "-c", FLOOR_EXIT, str(model)], tmp / "cg-floor", env0))
     upd = rss_after_update(tmp, model, extra)
     if broker is not None:
         broker.stop()
@@ -213,6 +248,9 @@ def main() -> int:
     print(f"one daemon: RSS {upd[0]:.1f} MiB 3 s after READY, {upd[1]:.1f} MiB 3 s after a signed delta update "
           f"committed (v{upd[2]})")
     print(f"edgeagent status: median {med(human_s) * 1e3:.0f} ms; status --json: median {med(json_s) * 1e3:.0f} ms")
+    if counted is not None:
+        print(f"instructions to READY=1 (callgrind): the daemon {counted[0] / 1e6:.0f} M, the floor "
+              f"{counted[1] / 1e6:.0f} M (ratio {counted[0] / counted[1]:.2f}x)")
     return 0
 
 

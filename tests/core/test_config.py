@@ -113,8 +113,8 @@ def test_topic_prefix_expands_device_id():
 
 
 def test_sections_compare_hash_print_and_refuse_changes_as_generated_dataclasses_do():
-    """The sections take repr, == and hash from Record (one shared copy instead of three methods
-    compiled per class at every start): the results of the methods dataclasses would generate."""
+    """The sections take __init__, repr, == and hash from KeywordRecord (one shared copy instead
+    of four methods compiled per class at every start): the results dataclasses' own would give."""
     import dataclasses
 
     @dataclasses.dataclass(frozen=True)
@@ -132,3 +132,8 @@ def test_sections_compare_hash_print_and_refuse_changes_as_generated_dataclasses
         hash(config.Config())
     with pytest.raises(dataclasses.FrozenInstanceError):
         ours.ca = "/tmp/x"  # type: ignore[misc]
+    # and __init__ from KeywordRecord: by keyword, defaults, a fresh list from each default factory
+    assert config.DeviceConfig().groups == [] and config.DeviceConfig().groups is not config.DeviceConfig().groups
+    assert config.MqttConfig(port=1884).port == 1884 and config.MqttConfig().tls == config.TlsConfig()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'prot'"):
+        config.MqttConfig(prot=1884)
