@@ -198,7 +198,7 @@ def main() -> int:
                 if "READY=1" in msg:
                     ready_s.append(time.perf_counter() - t0)
                     break
-            if i <= a.rss_runs:  # the others stop at READY, so many pairs take little time
+            if 1 <= i <= a.rss_runs:  # the others stop at READY, so many pairs take little time
                 time.sleep(3)
                 import psutil
 
