@@ -135,11 +135,15 @@ def test_the_forked_child_dies_with_its_parent(tmp_path, model_path):
             "from edgeagent.update import health\n"
             "health.run_checks = lambda req: time.sleep(600)\n"
             "req = health.HealthRequest(sys.argv[1], None, '', None, 3.0, None)\n"
-            "threading.Thread(target=health.check, args=(req, []),\n"
+            "threading.Thread(target=health.check, args=(req, []), daemon=True,  # an error ends it, no 600 s wait\n"
             "                 kwargs=dict(timeout_s=600, workdir=Path(sys.argv[2]), fork=True)).start()\n"
             "time.sleep(1.0)\n"
-            "print([int(p) for p in os.listdir('/proc') if p.isdigit() and "
-            "open(f'/proc/{p}/stat').read().split()[3] == str(os.getpid())], flush=True)\n"
+            "def parent(pid):  # a process may end between listdir and open (another test's)\n"
+            "    try:\n"
+            "        return open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1]\n"
+            "    except OSError:\n"
+            "        return None\n"
+            "print([int(p) for p in os.listdir('/proc') if p.isdigit() and parent(p) == str(os.getpid())], flush=True)\n"
             "time.sleep(600)\n")
     p = subprocess.Popen([sys.executable, "-c", code, str(model_path), str(tmp_path)], cwd=REPO,
                          stdout=subprocess.PIPE, text=True)
