@@ -30,10 +30,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgeagent.engine.model import Model  # noqa: E402
-
 from edgeagent.runtime.loop import CHECK_FINITE_EVERY  # noqa: E402
 
 SHARED = REPO.parent / "shared/models"
+
+
+def back_to_back(first, second, clock) -> tuple[int, int]:
+    """The two calls' times, one right after the other."""
+    t0 = clock()
+    first()
+    t1 = clock()
+    second()
+    return t1 - t0, clock() - t1
 
 
 def measure(path: str, frames: int, threads: int = 0, clock=time.perf_counter_ns,
@@ -90,19 +98,12 @@ def measure(path: str, frames: int, threads: int = 0, clock=time.perf_counter_ns
         for _ in range(200):  # warm both paths
             bare()
             agent()
-        def back_to_back(first, second) -> tuple[int, int]:
-            t0 = clock()
-            first()
-            t1 = clock()
-            second()
-            return t1 - t0, clock() - t1
-
         a, b = np.empty(frames), np.empty(frames)
         for i in range(frames):  # frame by frame, alternating which side goes first
             if i & 1:
-                a[i], b[i] = back_to_back(agent, bare)
+                a[i], b[i] = back_to_back(agent, bare, clock)
             else:
-                b[i], a[i] = back_to_back(bare, agent)
+                b[i], a[i] = back_to_back(bare, agent, clock)
         d = (a - b) / 1e3
         blocks = [float(np.median(x)) for x in np.array_split(d, 10)]
         out[name] = {"bare_us": round(float(np.median(b)) / 1e3, 1), "agent_minus_bare_us": round(float(np.median(d)), 2),
@@ -116,7 +117,7 @@ def main() -> int:
     ap.add_argument("models", nargs="*")
     ap.add_argument("--frames", type=int, default=20000, help="frames per side and model")
     ap.add_argument("--check-finite-every", type=int, default=CHECK_FINITE_EVERY,
-                    help=f"the loop's setting outside a trial (input.check_finite_every, default {CHECK_FINITE_EVERY})")
+                    help=f"the loop's setting outside a trial (model.check_finite_every, default {CHECK_FINITE_EVERY})")
     ap.add_argument("--threads", type=int, default=0, help="interpreter threads (0: one per core)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: this thread's CPU time (time.thread_time), which a busy neighbour or a "
