@@ -41,10 +41,29 @@ def test_delegate(tmp_path_factory) -> Path:
     return build(tmp_path_factory.mktemp("delegate"))
 
 
+def _seconds(item) -> float:
+    mark = item.get_closest_marker("long")
+    return float(mark.kwargs.get("seconds", 15)) if mark else 0.0
+
+
 def pytest_collection_modifyitems(items: list) -> None:
-    """Tests marked `long` first: with pytest-xdist the workers then end at about the same time
-    instead of one worker starting a 90 s test when the others are done."""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: file order otherwise
+    """The files that take longest first (their `long(seconds=...)`): with pytest-xdist the
+    workers then end at about the same time instead of one worker starting a 90 s test when the
+    others are done. The order within a file, and of the unmarked files, is kept."""
+    weight: dict[str, float] = {}
+    for item in items:
+        weight[item.path] = max(weight.get(item.path, 0.0), _seconds(item))
+    items.sort(key=lambda item: -weight[item.path])  # stable
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` with the heaviest files first (tests/support/schedule.py)."""
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from tests.support.schedule import HeaviestFirst
+
+    return HeaviestFirst(config, log)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -21,6 +21,8 @@ from edgeagent.update.keys import generate_keypair
 from tests.e2e.test_update import cli, model, release, trusted
 from tests.support.daemon import Daemon, base_config
 
+pytestmark = pytest.mark.long(seconds=30)
+
 
 def _cut_starts(tmp_path, cfg, n: int, *, reboot: bool) -> None:
     state = tmp_path / "state" / "state.json"
@@ -36,7 +38,6 @@ def _cut_starts(tmp_path, cfg, n: int, *, reboot: bool) -> None:
             state.write_text(json.dumps(st))
 
 
-@pytest.mark.long
 def test_power_cuts_do_not_roll_back_a_committed_model(tmp_path, model_path):
     started: list[Daemon] = []
     try:

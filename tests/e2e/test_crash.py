@@ -21,6 +21,8 @@ from edgeagent.state.atomic import sha256_file
 from edgeagent.update.keys import generate_keypair
 from edgeagent.update.release import make_release
 
+pytestmark = pytest.mark.long(seconds=20)
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -33,7 +35,6 @@ def _verify_state(state_dir: Path) -> dict:
     return st
 
 
-@pytest.mark.long
 def test_sigkill_at_random_instants_never_bricks(tmp_path, start_daemon, model_path):
     generate_keypair(tmp_path / "k")
     key = str(tmp_path / "k/edgeagent.key")

@@ -17,6 +17,8 @@ import pytest
 from edgeagent.engine import testmodels
 from edgeagent.errors import EdgeAgentError
 
+pytestmark = pytest.mark.long(seconds=25)
+
 REPO = Path(__file__).resolve().parents[2]
 
 

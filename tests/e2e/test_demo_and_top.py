@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.long(seconds=25)
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.long
 def test_make_demo_passes_and_reads_well():
     r = subprocess.run([sys.executable, "scripts/demo.py"], cwd=REPO, capture_output=True, text=True, timeout=240)
     out = r.stdout + r.stderr

@@ -15,6 +15,8 @@ from edgeagent.inputs.sensor import StreamSource
 from edgeagent.runtime.quality import QualityMonitor
 from tests.e2e.test_update import wait_until
 
+pytestmark = pytest.mark.long(seconds=25)
+
 
 def recording(path: Path, segments: list[tuple[int, float]], seed: int = 3) -> Path:
     """A CSV recording of 4 sensor channels: (lines, offset) segments of unit noise."""
@@ -28,7 +30,6 @@ def events_of(d) -> list[dict]:
     return d.call("status")["events"]
 
 
-@pytest.mark.long
 def test_a_sensor_offset_that_moves_raises_model_drift_and_clears_when_it_returns(tmp_path, start_daemon,
                                                                                      model_path):
     # 5 s to learn the reference at 400 Hz, 3 normal windows, 5 shifted, 7 normal again

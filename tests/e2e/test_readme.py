@@ -20,6 +20,8 @@ import pytest
 
 from tests.support.broker import Broker
 
+pytestmark = pytest.mark.long(seconds=50)
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -27,7 +29,6 @@ def sh_blocks() -> list[str]:
     return re.findall(r"```sh\n(.*?)```", (REPO / "README.md").read_text(), re.S)
 
 
-@pytest.mark.long
 def test_readme_in_order_against_make_run(tmp_path):
     """Issue 20, point 4: a new user's path, from a fresh state: `make run`'s own config and daemon,
     then every command block as the README prints it, in order (the CLI, the cookbook with the

@@ -19,6 +19,8 @@ from edgeagent.update.keys import generate_keypair, load_private_key
 from edgeagent.update.manifest import sign_envelope
 from edgeagent.update.release import make_release
 
+pytestmark = pytest.mark.long(seconds=50)
+
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = (1, 16)
 

@@ -26,6 +26,8 @@ from edgeagent.update.keys import generate_keypair
 from edgeagent.update.release import golden_health, make_release
 from tests.support.daemon import Supervisor, base_config
 
+pytestmark = pytest.mark.long(seconds=60)
+
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = (1, 16)
 
@@ -98,7 +100,6 @@ def supervised(tmp_path, model_path):
         s.stop()
 
 
-@pytest.mark.long
 def test_hang_after_commit_probation_shorter_than_watchdog_rolls_back_after_crash_limit(
         tmp_path, keys, supervised, model_path):
     # probation (0.3 s) ends before the model starts hanging (its 40th invoke, ~0.8 s at 50 Hz)

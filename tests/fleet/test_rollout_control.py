@@ -17,6 +17,8 @@ from edgeagent.update.release import make_release
 from tests.mqtt.test_mqtt_daemon import Peer
 from tests.support.daemon import REPO, Daemon, base_config
 
+pytestmark = pytest.mark.long(seconds=35)
+
 DEVS = ("ra", "rb", "rc")
 
 
@@ -66,7 +68,6 @@ def wait(pred, timeout=60.0, what=""):
         time.sleep(0.2)
 
 
-@pytest.mark.long
 def test_canary_detach_pause_resume(tmp_path, broker, signer, model_path, trio):
     rel = release(tmp_path, signer, model_path, 2)
     url = f"file://{rel['payload']}"  # refused over MQTT: the canary must refuse, and the rollout halt

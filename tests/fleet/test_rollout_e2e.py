@@ -30,6 +30,8 @@ from edgeagent.update.release import make_release
 from tests.support.broker import Broker
 from tests.support.daemon import Daemon, base_config
 
+pytestmark = pytest.mark.long(seconds=45)
+
 REPO = Path(__file__).resolve().parents[2]
 N = 12
 GROUP = "fleet"
@@ -159,7 +161,6 @@ def steps(rid: str, pcts: list[float], at_least: int) -> list[set[str]]:
     return [{d for d in DEVICES if bucket(rid, d) < percentage_for(rid, DEVICES, p, at_least=at_least)} for p in pcts]
 
 
-@pytest.mark.long
 def test_good_rollout_survives_controller_kill_broker_kill_and_a_stopped_device(fleet: Fleet, tmp_path: Path):
     manifest, url, _ = fleet.release(2, base=fleet.v1)
     rid = "good-1"

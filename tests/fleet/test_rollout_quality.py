@@ -15,6 +15,8 @@ from edgeagent.engine import testmodels
 from tests.fleet.test_rollout_control import ea
 from tests.support.daemon import REPO, Daemon, base_config
 
+pytestmark = pytest.mark.long(seconds=20)
+
 
 def _images(folder, lo, hi, seed):
     from PIL import Image
@@ -62,7 +64,6 @@ def cameras(tmp_path, broker, signer):
             d.stop()
 
 
-@pytest.mark.long
 def test_max_drift_psi_completes_a_model_that_matches_and_halts_one_that_drifts(tmp_path, broker, signer, cameras):
     v1, dark, ds = cameras
     # v2's reference is the scenes the cameras see: its first window matches it

@@ -17,6 +17,8 @@ from tests.e2e.test_update import cli
 from tests.support.daemon import Daemon, base_config
 from tests.support.loopfs import Mounted, fill, make_image, need_root_and_loop
 
+pytestmark = pytest.mark.long(seconds=20)
+
 
 def _wait(fn, timeout=20.0):
     deadline = time.monotonic() + timeout
@@ -28,7 +30,6 @@ def _wait(fn, timeout=20.0):
     raise AssertionError("condition not met in time")
 
 
-@pytest.mark.long
 def test_a_full_disk_does_not_keep_a_failing_model_or_end_the_daemon(tmp_path):
     need_root_and_loop()
     disk = Mounted(make_image(tmp_path / "small.img", 8), tmp_path / "m")

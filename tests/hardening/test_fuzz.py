@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,8 @@ from edgeagent.errors import StateError
 from edgeagent.state.atomic import sha256_file
 from edgeagent.state.store import SlotStore, State
 from edgeagent.transport.topics import Chunk, Command, reply_topic_ok, route
+
+pytestmark = pytest.mark.long(seconds=25)
 
 P = "edgeagent/dev1"
 pieces = st.sampled_from(["edgeagent", "dev1", "transfer", "cmd", "reply", "group", "lab", "x", "", "0", "17",

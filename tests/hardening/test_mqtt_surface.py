@@ -13,7 +13,7 @@ from paho.mqtt.properties import Properties
 from edgeagent.errors import EdgeAgentError
 from tests.mqtt.test_mqtt_daemon import P, broker, mqtt_cfg, peers  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.long(seconds=40), pytest.mark.timeout(120)]
 
 
 def test_junk_transfer_topics_do_not_end_command_handling(broker, peers, start_daemon):

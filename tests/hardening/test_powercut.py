@@ -37,6 +37,8 @@ from edgeagent.update.release import make_release
 from tests.support.daemon import Daemon, base_config
 from tests.support.loopfs import Mounted, make_image, need_root_and_loop
 
+pytestmark = pytest.mark.long(seconds=90)
+
 CUTS = 30
 IMAGE_MB = 48
 VM = Path("/proc/sys/vm")
@@ -143,7 +145,6 @@ def _check_copy(i: int, tmp: Path, image: Path, cfg_base: dict, acked: int, high
         m.close()
 
 
-@pytest.mark.long
 @pytest.mark.powercut
 def test_power_cuts_during_updates_leave_a_verified_model(tmp_path, record_property):
     need_root_and_loop()

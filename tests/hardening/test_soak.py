@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 from tests.mqtt.test_mqtt_daemon import P, REPO, broker, bundle, mqtt_cfg, peers, signer  # noqa: F401
 
 SOAK_S = float(os.environ.get("EDGEAGENT_SOAK_S", "60"))
-pytestmark = pytest.mark.timeout(int(SOAK_S) + 240)
+pytestmark = [pytest.mark.long(seconds=65), pytest.mark.timeout(int(SOAK_S) + 240)]
 
 
 # Random bodies drawn once: the daemon cannot tell fresh noise from the same noise again, and the
@@ -61,7 +61,6 @@ def junk_messages(rng: random.Random, manifest: dict, big: bool = True) -> list[
     return out
 
 
-@pytest.mark.long
 def test_soak_junk_while_serving_and_updating(tmp_path, broker, peers, start_daemon, signer, model_path):
     d = start_daemon(**mqtt_cfg(broker.port), input={"rate_hz": 30.0},
                      update={"trusted_keys": [str(signer / "edgeagent.pub")], "probation_s": 3.0, "min_inferences": 20,

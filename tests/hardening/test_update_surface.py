@@ -20,7 +20,7 @@ from edgeagent.errors import EdgeAgentError
 from edgeagent.update.transfer import announce
 from tests.mqtt.test_mqtt_daemon import P, REPO, broker, bundle, mqtt_cfg, peers, signer  # noqa: F401
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.long(seconds=50), pytest.mark.timeout(180)]
 
 
 class Trickle(http.server.BaseHTTPRequestHandler):

@@ -18,6 +18,8 @@ import pytest
 from edgeagent.engine import testmodels
 from tests.mqtt.test_mqtt_daemon import mqtt_cfg
 
+pytestmark = pytest.mark.long(seconds=25)
+
 RATE_HZ = 100.0
 WATCHDOG_S = 2.0
 
@@ -34,7 +36,6 @@ def _phase(d, seconds: float) -> tuple[float, float]:
     return (c1 - c0) / (time.monotonic() - t0), stale
 
 
-@pytest.mark.long
 def test_a_broker_that_stops_reading_does_not_slow_inference(tmp_path, broker, peers, start_daemon):
     wide = testmodels.write_model(tmp_path / "wide.tflite", kind="dense", input_shape=(1, 16), outputs=2000, seed=3)
     d = start_daemon(model_file=wide, env={"WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6))},

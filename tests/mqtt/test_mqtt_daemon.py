@@ -25,6 +25,8 @@ from edgeagent.update.release import make_release
 from tests.support.broker import Broker
 from tests.support.pki import make_test_pki
 
+pytestmark = pytest.mark.long(seconds=85)
+
 REPO = Path(__file__).resolve().parents[2]
 P = "edgeagent/test-dev"
 
@@ -190,7 +192,6 @@ def test_birth_last_will_and_shutdown(tmp_path, broker, peers, start_daemon):
     assert retained.wait(lambda t, b: t == f"{P}/status")["reason"] == "shutdown"
 
 
-@pytest.mark.long
 def test_broker_outage_of_10_s(tmp_path, broker, peers, start_daemon):
     # reconnect backoff 0-3 s (full jitter): the test's peer, which connects at once after the
     # broker restarts, is subscribed before the daemon flushes its outbox (events are not retained)

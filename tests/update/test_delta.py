@@ -18,6 +18,8 @@ from edgeagent.update import delta as delta_mod
 from edgeagent.update.delta import build_delta, inplace_delta
 from edgeagent.update.patch import apply_delta
 
+pytestmark = pytest.mark.long(seconds=25)
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -150,7 +152,6 @@ def test_json_errors_go_to_stdout_too(tmp_path):
     assert json.loads(cli("-c", str(cfg), "slots", "--json").stdout)["slots"][0]["status"] == "empty"
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("finetune", [0.0, 1e-3])
 def test_a_shifted_layout_gets_a_tensor_aligned_delta_both_patchers_apply(tmp_path, finetune, monkeypatch):
     """Issue 23: a re-export with one more layer moves every later buffer; the delta matches the
