@@ -161,7 +161,8 @@ fi
 if [ -n "$PREFIX" ] && [ -f "$VENV/pyvenv.cfg" ]; then
   # an image's venv names the image's python: point it at this host's again for the build
   site=$(sed -n 's/^include-system-site-packages = //p' "$VENV/pyvenv.cfg")
-  "$PYTHON" -m venv --upgrade "$VENV"
+  # --without-pip: the venv has its pip; installing it again is most of an upgrade's time
+  "$PYTHON" -m venv --upgrade --without-pip "$VENV"
   sed -i "s/^include-system-site-packages = .*/include-system-site-packages = ${site:-false}/" "$VENV/pyvenv.cfg"
 elif [ ! -x "$VENV/bin/python" ]; then
   mkdir -p "$(dirname "$VENV")"
