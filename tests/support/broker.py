@@ -29,7 +29,7 @@ class TlsFiles:
 
 class Broker:
     def __init__(self, workdir: Path, tls: TlsFiles | None = None, port: int | None = None,
-                 bridge_to: list[int] | None = None) -> None:
+                 bridge_to: list[int] | None = None, persistent: bool = False) -> None:
         if shutil.which("mosquitto") is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)")
         self.dir = workdir
@@ -37,7 +37,10 @@ class Broker:
         self.tls = tls
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
-        conf = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false"]
+        conf = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
+        # persistent: sessions, their subscriptions and queued messages survive a restart (saved
+        # when mosquitto is stopped), as on a production broker
+        conf += ["persistence true", f"persistence_location {self.dir}/"] if persistent else ["persistence false"]
         if os.geteuid() == 0:
             conf.append("user root")  # else mosquitto drops to its own user and cannot read the test's files
         if tls:
