@@ -114,6 +114,10 @@ class Reporter:
         # the first window starts at READY and lasts up to half a second: its CPU share is the
         # serving cost, not the start-up (imports, model load, slot hashing)
         self.collector().begin_window()
+        # a refresh asked for before READY=1 (the model was set at load) is this first sample:
+        # left pending, on a slow start it closed a window of a few ms, and CPU time counted in
+        # 10 ms ticks read 0% or 400% of a core
+        self._refresh_at = None
         next_tel = time.monotonic() + min(0.5, self._config().telemetry.interval_s)
         next_line = next_tel + self._config().telemetry.interval_s
         while not self._stop.is_set():
