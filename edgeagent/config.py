@@ -14,7 +14,7 @@ import socket
 import sys
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,10 @@ from edgeagent.configcheck import Check, _check, _listen, _min, _one_of, _range,
 from edgeagent.errors import ConfigError
 from edgeagent.record import KeywordRecord
 
+if typing.TYPE_CHECKING:
+    from dataclasses import dataclass
+else:  # the same frozen sections, built without compiling a __setattr__ and __delattr__ each
+    from edgeagent.record import keyword_dataclass as dataclass
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 devices only
@@ -189,17 +193,14 @@ class UpdateConfig(KeywordRecord):
     crash_window_s: float = _check(_range(1, 86400), default=600.0)
     # share of the trial's wall time the previous model may take to re-run on live frames
     shadow_budget_pct: int = _check(_range(0, 50), default=10)
-    # a download that receives no byte for this long is retried (HTTP Range); a transfer that
-    # gets no chunk for this long fails
+    # a download that receives no byte for this long is retried (HTTP Range); a chunked transfer fails
     download_stall_s: float = _check(_range(1, 3600), default=60.0)
-    # the whole fetch (every retry included) must end within this; a trickling server cannot
-    # hold the updater (and block other updates) for longer
+    # the whole fetch (retries included) ends within this: a trickling server cannot hold the updater
     download_deadline_s: float = _check(_range(10, 7 * 86400), default=3600.0)
     # file:// payload URLs in updates that arrive over MQTT (the local control socket and the
     # offline `install` keep them): off, so no message can make the daemon read a local path
     allow_file_urls: bool = False
-    # bytes of MQTT transfer chunks held in memory before they reach the disk (early chunks
-    # included); beyond it chunks are dropped and asked for again
+    # bytes of MQTT transfer chunks held in memory before they reach the disk; beyond it, asked for again
     max_chunk_buffer_bytes: int = _check(_min(64 * 1024), default=16 * 1024 * 1024)
     # a wall clock more than this far past the newest time the device knows for sure (the
     # `created` of the last committed update, or this agent's release) is not saved as the time

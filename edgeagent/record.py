@@ -9,13 +9,14 @@ compiles only the three that must be its own: __init__, and the frozen __setattr
 __delattr__. A mutable one (``@dataclass(eq=False, repr=False)``) sets ``__hash__ = None``,
 as dataclasses does for it, and compiles its __init__ only. The config's sections share their
 __init__ too (KeywordRecord): the 57 compiles left in the config were 44 M of the 567 M CPU
-instructions from exec to READY=1, and its 19 __init__s the largest of them.
+instructions from exec to READY=1, and its 19 __init__s the largest of them; they now share the
+frozen __setattr__ and __delattr__ as well (keyword_dataclass) and compile nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, fields
-from typing import Any
+from dataclasses import MISSING, FrozenInstanceError, dataclass, fields
+from typing import Any, Callable
 
 
 class Record:
@@ -39,10 +40,16 @@ class Record:
 
 class KeywordRecord(Record):
     """A frozen Record whose fields all have defaults and are given by keyword (the config's
-    sections, built from TOML tables): declared with ``init=False`` too, it shares this __init__
-    and compiles only the frozen __setattr__ and __delattr__ of its own."""
+    sections, built from TOML tables). Declared with ``keyword_dataclass`` (below), it shares
+    this __init__ and the frozen __setattr__ and __delattr__, and compiles nothing of its own."""
 
     __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
 
     def __init__(self, **given: Any) -> None:
         for f in fields(self):  # type: ignore[arg-type]
@@ -56,3 +63,22 @@ class KeywordRecord(Record):
         if given:
             raise TypeError(f"{type(self).__qualname__}.__init__() got an unexpected keyword argument "
                             f"{next(iter(given))!r}")
+
+
+def keyword_dataclass(*, frozen: bool, init: bool, eq: bool, repr: bool) -> Callable[[type], type]:
+    """``dataclass(frozen=True, init=False, eq=False, repr=False)`` for a KeywordRecord, which
+    config.py uses under that name: type checkers read a frozen dataclass, and at run time the
+    class is one without compiling a frozen __setattr__ and __delattr__ of its own (38 exec
+    compiles for the 19 sections, 15 M instructions on the way to READY=1): KeywordRecord's
+    raise the same FrozenInstanceError."""
+    if not frozen or init or eq or repr:
+        raise TypeError("keyword_dataclass: frozen=True, init=False, eq=False, repr=False only")
+
+    def wrap(cls: type) -> type:
+        if not issubclass(cls, KeywordRecord):
+            raise TypeError(f"keyword_dataclass: {cls.__qualname__} is not a KeywordRecord")
+        cls = dataclass(init=False, eq=False, repr=False)(cls)
+        cls.__dataclass_params__.frozen = True  # type: ignore[attr-defined]  # as it behaves
+        return cls
+
+    return wrap

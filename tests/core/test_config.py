@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,8 +131,16 @@ def test_sections_compare_hash_print_and_refuse_changes_as_generated_dataclasses
     assert config.Config() == config.Config() and config.Config() != config.from_dict({"mqtt": {"port": 1884}})
     with pytest.raises(TypeError):  # unhashable, as a generated hash over a list field is
         hash(config.Config())
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        ours.ca = "/tmp/x"  # type: ignore[misc]
+    for change in (lambda s: setattr(s, "ca", "/tmp/x"), lambda s: delattr(s, "ca"), lambda s: setattr(s, "new", 1)):
+        with pytest.raises(dataclasses.FrozenInstanceError) as theirs:
+            change(plain)
+        with pytest.raises(dataclasses.FrozenInstanceError, match=f"^{re.escape(str(theirs.value))}$"):
+            change(ours)
+    assert ours.ca == "/etc/ca.pem" and not hasattr(ours, "new")
+    # frozen by KeywordRecord's own two methods: nothing compiled per section, a frozen dataclass all the same
+    assert "__setattr__" not in vars(config.TlsConfig) and "__delattr__" not in vars(config.TlsConfig)
+    assert dataclasses.is_dataclass(ours) and config.TlsConfig.__dataclass_params__.frozen
+    assert dataclasses.replace(ours, key="/k") == config.TlsConfig(ca="/etc/ca.pem", key="/k")
     # and __init__ from KeywordRecord: by keyword, defaults, a fresh list from each default factory
     assert config.DeviceConfig().groups == [] and config.DeviceConfig().groups is not config.DeviceConfig().groups
     assert config.MqttConfig(port=1884).port == 1884 and config.MqttConfig().tls == config.TlsConfig()
