@@ -52,5 +52,6 @@ def test_a_new_model_seen_before_ready_does_not_cut_the_first_window_short():
     (first, begun), (second, first_at), (_, second_at) = windows.marks[:3]
     assert (first, second) == ("begin", "sample")
     assert first_at - begun >= 0.49, windows.marks
-    assert second_at - first_at >= 0.49, windows.marks
+    # then on the interval's beat from READY (no drift), never closer than half of it (no burst)
+    assert second_at - first_at >= 0.24, windows.marks
 
