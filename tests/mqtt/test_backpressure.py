@@ -24,16 +24,18 @@ RATE_HZ = 100.0
 WATCHDOG_S = 2.0
 
 
-def _phase(d, seconds: float) -> tuple[float, float]:
-    """(frames per second over the phase, the longest time without a WATCHDOG=1 in it)."""
-    c0 = d.call("status")["telemetry"]["inference"]["count"]
+def _phase(d, seconds: float) -> tuple[int, float, float]:
+    """(frames, seconds, the longest time without a WATCHDOG=1) over the phase. Frames and
+    seconds between the telemetry samples (every 0.5 s) at its ends: the count and the time of
+    the same sample, not a count up to half a second old against the test's clock."""
+    first = d.call("status")["telemetry"]
     t0 = time.monotonic()
     stale = 0.0
     while time.monotonic() - t0 < seconds:
         time.sleep(0.05)
         stale = max(stale, time.monotonic() - d.last_watchdog)
-    c1 = d.call("status", timeout=10)["telemetry"]["inference"]["count"]
-    return (c1 - c0) / (time.monotonic() - t0), stale
+    last = d.call("status", timeout=10)["telemetry"]
+    return last["inference"]["count"] - first["inference"]["count"], last["ts"] - first["ts"], stale
 
 
 def test_a_broker_that_stops_reading_does_not_slow_inference(tmp_path, broker, peers, start_daemon):
@@ -47,14 +49,16 @@ def test_a_broker_that_stops_reading_does_not_slow_inference(tmp_path, broker, p
     deadline = time.monotonic() + 10
     while d.call("status")["telemetry"] is None and time.monotonic() < deadline:  # the first sample
         time.sleep(0.1)
-    fps_reading, stale_reading = _phase(d, 10.0)
+    frames, seconds, stale_reading = _phase(d, 10.0)
+    fps_reading = frames / seconds
 
     mosq = psutil.Process(broker.proc.pid)
     me = psutil.Process(d.proc.pid)
     rss0 = me.memory_info().rss
     mosq.send_signal(signal.SIGSTOP)
     try:
-        fps_stopped, stale_stopped = _phase(d, 10.0)
+        frames, seconds, stale_stopped = _phase(d, 10.0)
+        fps_stopped = frames / seconds
         st = d.call("status", timeout=10)
         grew_mb = (me.memory_info().rss - rss0) / 2**20
     finally:
