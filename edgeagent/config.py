@@ -38,7 +38,6 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _TOPIC_BAD = re.compile(r"[#+\x00]")
 
 
-
 @dataclass(frozen=True, init=False, eq=False, repr=False)
 class DeviceConfig(KeywordRecord):
     """[device]: who this device is to the fleet (its topic prefix, the rollout groups it joins)."""

@@ -6,8 +6,8 @@ READY=1 took (the config's 19 sections among them). A class declared
 ``@dataclass(frozen=True, eq=False, repr=False)`` on top of Record gets its repr, equality and
 hash from the three shared methods below, which behave as the generated ones do. It then
 compiles only the three that must be its own: __init__, and the frozen __setattr__ and
-__delattr__. A mutable one (``@dataclass(eq=False, repr=False)``) sets ``__hash__ = None``,
-as dataclasses does for it, and compiles its __init__ only. The config's sections share their
+__delattr__. A mutable one (``@dataclass(eq=False, repr=False)`` on MutableRecord) is
+unhashable, as dataclasses makes it, and compiles its __init__ only. The config's sections share their
 __init__ too (KeywordRecord): the 57 compiles left in the config were 44 M of the 567 M CPU
 instructions from exec to READY=1, and its 19 __init__s the largest of them; they now share the
 frozen __setattr__ and __delattr__ as well (keyword_dataclass) and compile nothing.
@@ -36,6 +36,14 @@ class Record:
     def __hash__(self) -> int:
         return hash(tuple(getattr(self, f.name) for f in fields(self)  # type: ignore[arg-type]
                           if (f.compare if f.hash is None else f.hash)))
+
+
+class MutableRecord(Record):
+    """A Record whose fields change (state.json's records): unhashable, as a generated
+    dataclass with eq and without frozen is."""
+
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]
 
 
 class KeywordRecord(Record):

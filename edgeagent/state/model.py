@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeagent.record import Record
+from edgeagent.record import MutableRecord
 
 SLOTS = ("a", "b")
 STATUSES = ("good", "trial", "staged", "bad", "empty")
@@ -27,10 +27,8 @@ def other(slot: str) -> str:
 
 
 @dataclass(eq=False, repr=False)
-class SlotInfo(Record):
+class SlotInfo(MutableRecord):
     """What state.json says of one slot: enough to re-verify its file (sha256, size) at every start."""
-
-    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a generated dataclass
 
     model: str | None = None
     version: int | None = None
@@ -44,11 +42,9 @@ class SlotInfo(Record):
 
 
 @dataclass(eq=False, repr=False)
-class State(Record):
+class State(MutableRecord):
     """The whole of state.json: every transition writes a new one atomically, so a power cut
     leaves either the old state or the new, never a mix."""
-
-    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a generated dataclass
 
     active: str = "a"
     slots: dict = field(default_factory=lambda: {"a": None, "b": None})
@@ -153,10 +149,8 @@ def _slot_info(v: Any, name: str) -> SlotInfo | None:
 
 
 @dataclass(eq=False, repr=False)
-class BootPlan(Record):
+class BootPlan(MutableRecord):
     """Which slot a start serves and why; the events it decided on are emitted by the caller."""
-
-    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a generated dataclass
 
     slot: str
     path: Path

@@ -260,7 +260,7 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             d = self.daemon
-            if d is not None and len(self.starts) >= after_start and any("READY=1" in m for m in d.messages) \
+            if d is not None and len(self.starts) >= after_start and d.ready_at \
                     and d.proc.poll() is None:
                 return d
             time.sleep(0.05)
